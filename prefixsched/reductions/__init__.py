@@ -1,0 +1,1 @@
+"""NP-hardness reductions and adversarial instance families, with certificates."""

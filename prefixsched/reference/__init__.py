@@ -1,0 +1,1 @@
+"""Reference implementation: radix prefix cache, policies and the discrete-event simulator."""

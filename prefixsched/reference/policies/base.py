@@ -1,0 +1,176 @@
+"""The policy contract: a policy reads a read-only snapshot and returns a decision.
+
+This is the one interface between scheduling policies and the engines that run them (the
+simulator in :mod:`prefixsched.reference.simulator` and, through an adapter, SGLang). Policies
+never mutate the engine; the engine applies a :class:`Decision` and asserts it is legal
+(:class:`~prefixsched.errors.IllegalDecisionError` otherwise).
+
+Call sequence, per run (the engine guarantees it):
+
+1. ``policy.on_arrival(request, now, snap)`` when a request arrives, *before* it joins the waiting
+   queue (so ``snap`` shows the queue without it: VTC's counter lift and DLPM's "rejoin" reset need
+   exactly that view).
+2. Once per forward step, if the waiting queue is non-empty and a running slot is free:
+   ``decision = policy.decide(snap)``. A policy may charge its own counters for the requests it
+   admits here (DLPM Algorithm 1 line 11): the engine applies the decision in full or aborts the run.
+3. After the step: ``policy.on_step_end(decoded, finished, snap)`` with the output tokens each
+   client's requests produced in the step (every running request produces one; a request admitted
+   in this step produces its first) and the requests that finished.
+
+Snapshot orders are total and deterministic:
+
+- FCFS order: ``(arrival, seq)``, ``seq`` = position in the instance.
+- LPM order: ``(-cached_tokens, arrival, seq)``: longest prefix match first, ties by arrival
+  (issue #2 item 7).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from prefixsched.theory.cost import CostModel
+from prefixsched.theory.model import Limits, Request, ServiceWeights
+
+__all__ = ["WaitingEntry", "BatchBuilder", "CacheView", "Snapshot", "Decision", "Policy", "FinishedInfo"]
+
+
+@runtime_checkable
+class WaitingEntry(Protocol):
+    """One waiting request as a policy sees it (read-only).
+
+    Attributes
+    ----------
+    request:
+        The request.
+    seq:
+        Its position in the instance (the final tie-break).
+    cached_tokens:
+        Prefix tokens the cache would serve if it were admitted now (page-aligned match, capped at
+        ``prompt_len - 1`` so that at least one token is prefilled, as in SGLang).
+    extend_tokens:
+        ``prompt_len - cached_tokens``: what admitting it now would prefill and charge (DLPM).
+    """
+
+    @property
+    def request(self) -> Request: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def extend_tokens(self) -> int: ...
+
+
+class BatchBuilder(Protocol):
+    """Cumulative admission budget of one step (SGLang's ``PrefillAdder``); CAN_ADD in DLPM.
+
+    ``try_add(entry)`` returns True and records the request if it fits next to those already added
+    (prefill-token budget, running slots, KV capacity including its full reserved output); it
+    returns False and records nothing otherwise. ``admitted`` lists the ids added so far, in order.
+    ``full`` is True once no further request of any size could be added (no running slot left, or
+    the prefill-token budget is spent).
+    """
+
+    def try_add(self, entry: WaitingEntry) -> bool: ...
+    def fits(self, entry: WaitingEntry) -> bool: ...
+    @property
+    def admitted(self) -> Sequence[str]: ...
+    @property
+    def full(self) -> bool: ...
+
+
+class CacheView(Protocol):
+    """Read-only view of the engine's radix prefix cache."""
+
+    def match_tokens(self, request: Request) -> int:
+        """Cached tokens of ``request`` (same rule as ``WaitingEntry.cached_tokens``)."""
+        ...
+
+    def dfs_weight_order(self, entries: Sequence[WaitingEntry]) -> list[WaitingEntry]:
+        """SGLang's ``dfs-weight`` order: walk the tree, heavier subtrees (more waiting requests
+        below) first; ties by the FCFS order of the lightest entry."""
+        ...
+
+
+class Snapshot(Protocol):
+    """What a policy may read at a scheduling point. Nothing here mutates the engine."""
+
+    now: float
+    step: int
+    limits: Limits
+    weights: ServiceWeights
+    cost_model: CostModel
+    cache: CacheView
+
+    def waiting_count(self, client: str | None = None) -> int: ...
+    def waiting_clients(self) -> Sequence[str]:
+        """Clients with at least one waiting request, in order of first appearance in the instance."""
+        ...
+    def running_count(self, client: str | None = None) -> int: ...
+    def running_clients(self) -> Sequence[str]: ...
+    def fcfs(self, client: str | None = None) -> Iterator[WaitingEntry]:
+        """Waiting requests (of one client, or all) in FCFS order."""
+        ...
+    def lpm(self, client: str | None = None) -> Iterator[WaitingEntry]:
+        """Waiting requests (of one client, or all) in LPM order."""
+        ...
+    def entry(self, request_id: str) -> WaitingEntry: ...
+    def batch(self) -> BatchBuilder:
+        """A fresh, empty admission budget for this step."""
+        ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The requests to admit in this step, in admission order (ids)."""
+
+    admit: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FinishedInfo:
+    """A request that produced its last token in the step just run."""
+
+    id: str
+    client: str
+
+
+class Policy(abc.ABC):
+    """Base class of every scheduling policy.
+
+    Subclasses set ``name`` (registry key, as used on the CLI), ``description`` (one line for
+    ``prefixsched policies``), and optionally ``primary_param`` (so ``"k-lpm:4"`` means
+    ``k=4``). Constructor keyword arguments are the policy's parameters; :meth:`params` returns
+    them (JSON-able) for the trace. :meth:`state` returns the inspectable counters (deficits,
+    virtual counters) as a JSON-able dict; tests read them.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    primary_param: ClassVar[str | None] = None
+
+    def on_arrival(self, request: Request, now: float, snap: Snapshot) -> None:
+        """A request arrives (before it joins the queue). Default: nothing."""
+
+    @abc.abstractmethod
+    def decide(self, snap: Snapshot) -> Decision:
+        """Choose the requests to admit in this step."""
+
+    def on_step_end(
+        self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot
+    ) -> None:
+        """After a forward step: ``decoded[client]`` output tokens produced. Default: nothing."""
+
+    def params(self) -> dict[str, Any]:
+        """The policy's parameters (JSON-able)."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """Inspectable internal counters (JSON-able). Default: none."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params()}

@@ -1,0 +1,1 @@
+"""Formal model, cost model, schedule checker, metrics, theorem bounds and exact solvers."""

@@ -1,0 +1,486 @@
+"""The formal model: requests, prompts, server limits, service weights and instances.
+
+Units throughout prefixsched: time in **seconds** (the sequential exact models of
+:mod:`prefixsched.theory.exact` read the same numbers in **token units**, see there), lengths in
+**tokens**, service in **cost units** (weighted tokens, ``W = w_e * n_e + w_q * n_q``).
+
+Token ids are the ground truth for prefix sharing. Two kinds of prompt exist:
+
+- a plain tuple of token ids (small hand-made or generated instances), and
+- :class:`BlockPrompt`, the compact form of a block-hashed trace (Mooncake): block ``b`` of
+  ``block_size`` tokens stands for the token ids ``b*block_size .. b*block_size+block_size-1``,
+  and the last block is cut to the prompt length.
+
+Prefix sharing is decided on *pages* (``page_size`` tokens; SGLang matches and stores whole
+pages). :func:`page_keys` gives one hashable key per full page; two pages are equal iff their keys
+are equal. Keys of the two prompt kinds live in disjoint namespaces, so an :class:`Instance`
+refuses to mix them (see :meth:`Instance.validate`); within one kind the equality of keys is exactly
+the equality of the token ids. Output tokens are synthetic and unique to their request (page keys
+``("O", request_id, page_index)``): outputs occupy KV memory but never match another prompt.
+
+JSON instance format (round-trips through :meth:`Instance.to_dict` / :meth:`Instance.from_dict`)::
+
+    {"requests": [{"id": "r0", "client": "c0", "arrival": 0.0,
+                   "prompt": [1, 2, 3]            # or {"blocks": [0, 7], "length": 900, "block_size": 512}
+                   "output_len": 16}, ...],
+     "cost_model": {...CostModel fields...},
+     "limits": {...Limits fields...},
+     "weights": {"w_e": 1, "w_q": 2}}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Union, overload
+
+from prefixsched.errors import InputError
+from prefixsched.theory.cost import CostModel
+
+__all__ = [
+    "BlockPrompt",
+    "Prompt",
+    "Request",
+    "Limits",
+    "ServiceWeights",
+    "Instance",
+    "page_keys",
+    "sequence_page_keys",
+    "lcp",
+]
+
+
+class BlockPrompt(Sequence[int]):
+    """A prompt given as a list of block ids (a block-hashed trace such as Mooncake).
+
+    Token ``i`` is ``blocks[i // block_size] * block_size + i % block_size``: distinct blocks have
+    distinct token ids, equal block ids at the same position share their tokens.
+
+    Parameters
+    ----------
+    blocks:
+        Block ids, one per ``block_size`` tokens (the last may be partial). Non-negative ints.
+    length:
+        Prompt length in tokens; ``(len(blocks)-1)*block_size < length <= len(blocks)*block_size``.
+    block_size:
+        Tokens per block (Mooncake: 512).
+
+    Raises
+    ------
+    InputError
+        If ``length`` does not fit the number of blocks, a block id is negative, or
+        ``block_size < 1``.
+    """
+
+    __slots__ = ("blocks", "length", "block_size", "_hash")
+
+    def __init__(self, blocks: Sequence[int], length: int, block_size: int) -> None:
+        if block_size < 1:
+            raise InputError("block_size", f"must be >= 1, got {block_size}")
+        blocks = tuple(int(b) for b in blocks)
+        if not blocks:
+            raise InputError("blocks", "must not be empty")
+        if any(b < 0 for b in blocks):
+            raise InputError("blocks", f"block ids must be >= 0, got {min(blocks)}")
+        lo, hi = (len(blocks) - 1) * block_size, len(blocks) * block_size
+        if not (lo < length <= hi):
+            raise InputError(
+                "length",
+                f"{len(blocks)} blocks of {block_size} tokens hold {lo + 1}..{hi} tokens, got {length}",
+            )
+        self.blocks = blocks
+        self.length = int(length)
+        self.block_size = int(block_size)
+        self._hash = hash((self.blocks, self.length, self.block_size))
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[int, ...]: ...
+    def __getitem__(self, i: int | slice) -> int | tuple[int, ...]:
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(self.length)))
+        if i < 0:
+            i += self.length
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        b, off = divmod(i, self.block_size)
+        return self.blocks[b] * self.block_size + off
+
+    def __iter__(self) -> Iterator[int]:
+        bs = self.block_size
+        n = self.length
+        for k, b in enumerate(self.blocks):
+            start = b * bs
+            for off in range(min(bs, n - k * bs)):
+                yield start + off
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BlockPrompt):
+            return (self.blocks, self.length, self.block_size) == (
+                other.blocks,
+                other.length,
+                other.block_size,
+            )
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"BlockPrompt(blocks={list(self.blocks)!r}, length={self.length}, block_size={self.block_size})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blocks": list(self.blocks), "length": self.length, "block_size": self.block_size}
+
+
+Prompt = Union[tuple[int, ...], BlockPrompt]
+
+
+def page_keys(prompt: Prompt, page_size: int) -> tuple[Hashable, ...]:
+    """One hashable key per *full* page of ``prompt`` (a trailing partial page has no key).
+
+    Parameters
+    ----------
+    prompt:
+        A tuple of token ids or a :class:`BlockPrompt`.
+    page_size:
+        Tokens per page (>= 1). With ``page_size == 1`` a tuple prompt's keys are its token ids.
+
+    Returns
+    -------
+    tuple
+        ``len(prompt) // page_size`` keys. Equal keys <=> equal token pages (within one prompt
+        kind). For a BlockPrompt whose ``block_size`` is a multiple of ``page_size`` the keys are
+        ``("B", block, sub_page)`` and cost O(pages), never a token-level walk.
+    """
+    if page_size < 1:
+        raise InputError("page_size", f"must be >= 1, got {page_size}")
+    n_pages = len(prompt) // page_size
+    if isinstance(prompt, BlockPrompt):
+        bs = prompt.block_size
+        if bs % page_size == 0:
+            per = bs // page_size
+            blocks = prompt.blocks
+            return tuple(("B", blocks[p // per], p % per) for p in range(n_pages))
+        tokens = tuple(prompt)
+    else:
+        tokens = prompt
+    if page_size == 1:
+        return tuple(tokens)
+    return tuple(tokens[p * page_size : (p + 1) * page_size] for p in range(n_pages))
+
+
+def sequence_page_keys(
+    request: "Request", page_size: int, *, with_output: bool
+) -> tuple[Hashable, ...]:
+    """Page keys of the request's prompt, or of prompt + output when ``with_output``.
+
+    Output tokens are synthetic and unique to the request: every full page that contains at least
+    one output token has the key ``("O", request.id, page_index)``. This is what a finished
+    request inserts into the cache (prompt + output, whole pages only).
+    """
+    keys = page_keys(request.prompt, page_size)
+    if not with_output:
+        return keys
+    total = len(request.prompt) + request.output_len
+    n_full = total // page_size
+    extra = tuple(("O", request.id, p) for p in range(len(keys), n_full))
+    return keys + extra
+
+
+def lcp(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """Length of the longest common prefix of two sequences (tokens or page keys)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(frozen=True)
+class Request:
+    """One inference request.
+
+    Attributes
+    ----------
+    id:
+        Unique id within its instance (string).
+    client:
+        The client (tenant) that sent it; fairness is measured per client.
+    arrival:
+        Arrival time in seconds (>= 0).
+    prompt:
+        Prompt token ids: a tuple of ints or a :class:`BlockPrompt`. Length >= 1.
+    output_len:
+        Number of output tokens to generate (>= 1). The first one is produced by the prefill step.
+    """
+
+    id: str
+    client: str
+    arrival: float
+    prompt: Prompt
+    output_len: int
+
+    @property
+    def prompt_len(self) -> int:
+        """Prompt length in tokens."""
+        return len(self.prompt)
+
+    def to_dict(self) -> dict[str, Any]:
+        prompt: Any = self.prompt.to_dict() if isinstance(self.prompt, BlockPrompt) else list(self.prompt)
+        return {
+            "id": self.id,
+            "client": self.client,
+            "arrival": self.arrival,
+            "prompt": prompt,
+            "output_len": self.output_len,
+        }
+
+    @staticmethod
+    def from_dict(d: Any, where: str = "request") -> "Request":
+        """Build and validate one request from its JSON object.
+
+        Raises
+        ------
+        InputError
+            Naming ``where`` (e.g. ``requests[3]``) and the field: missing or mistyped field,
+            non-positive lengths, negative or non-finite arrival, bad token ids.
+        """
+        if not isinstance(d, dict):
+            raise InputError(where, f"must be a JSON object, got {type(d).__name__}")
+        for key in ("id", "client", "arrival", "prompt", "output_len"):
+            if key not in d:
+                raise InputError(f"{where}.{key}", "missing")
+        rid = d["id"]
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            raise InputError(f"{where}.id", f"must be a string or integer, got {rid!r}")
+        client = d["client"]
+        if not isinstance(client, (str, int)) or isinstance(client, bool):
+            raise InputError(f"{where}.client", f"must be a string or integer, got {client!r}")
+        arrival = _number(d["arrival"], f"{where}.arrival")
+        if arrival < 0:
+            raise InputError(f"{where}.arrival", f"must be >= 0, got {arrival}")
+        raw = d["prompt"]
+        prompt: Prompt
+        if isinstance(raw, dict):
+            for key in ("blocks", "length", "block_size"):
+                if key not in raw:
+                    raise InputError(f"{where}.prompt.{key}", "missing")
+            try:
+                prompt = BlockPrompt(
+                    _int_list(raw["blocks"], f"{where}.prompt.blocks"),
+                    _int(raw["length"], f"{where}.prompt.length"),
+                    _int(raw["block_size"], f"{where}.prompt.block_size"),
+                )
+            except InputError as e:
+                if e.field.startswith(where):
+                    raise
+                raise InputError(f"{where}.prompt.{e.field}", e.problem) from None
+        else:
+            prompt = tuple(_int_list(raw, f"{where}.prompt"))
+            if any(t < 0 for t in prompt):
+                raise InputError(f"{where}.prompt", "token ids must be >= 0")
+        if len(prompt) < 1:
+            raise InputError(f"{where}.prompt", "must hold at least one token")
+        output_len = _int(d["output_len"], f"{where}.output_len")
+        if output_len < 1:
+            raise InputError(f"{where}.output_len", f"must be >= 1, got {output_len}")
+        return Request(id=str(rid), client=str(client), arrival=arrival, prompt=prompt, output_len=output_len)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server limits of one continuous-batching worker (SGLang's knobs).
+
+    Attributes
+    ----------
+    kv_capacity_tokens:
+        KV-cache pool size in tokens, shared by the radix cache and the running requests.
+        Default 480,000: about 60 GiB of KV at 128 KiB per token (Llama-3.1-8B, bf16, 32 layers,
+        8 KV heads of dim 128) left on an 80 GB H100 after 16 GB of weights.
+    max_prefill_tokens:
+        Extend tokens one step may prefill (SGLang ``--max-prefill-tokens``, default 16384).
+        Chunked prefill is not modelled: as in SGLang with chunking off, the *first* request of a
+        step may exceed this cap on its own.
+    max_running_requests:
+        Requests in the running batch at once (SGLang ``--max-running-requests``).
+    page_size:
+        Tokens per cache page; the cache matches and stores whole pages only.
+    """
+
+    kv_capacity_tokens: int = 480_000
+    max_prefill_tokens: int = 16_384
+    max_running_requests: int = 256
+    page_size: int = 1
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the field if a limit is not a positive integer."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"limits.{f.name}", f"must be an integer >= 1, got {v!r}")
+
+    @staticmethod
+    def from_dict(d: Any, where: str = "limits") -> "Limits":
+        return _dataclass_from_dict(Limits, d, where, _int)
+
+
+@dataclass(frozen=True)
+class ServiceWeights:
+    """Token-type weights of the service ``W = w_e * n_e + w_q * n_q`` (VTC, DLPM: 1 and 2).
+
+    ``n_e`` counts extend tokens (uncached prompt tokens actually prefilled, the *actual* service)
+    or full prompt tokens (the *client view*), ``n_q`` output tokens. Source: DLPM §3 Table 1,
+    VTC §A.1 (w_p = 1, w_q = 2 after OpenAI's GPT-4 input/output price ratio).
+    """
+
+    w_e: float = 1.0
+    w_q: float = 2.0
+
+    def validate(self) -> None:
+        for name in ("w_e", "w_q"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise InputError(f"weights.{name}", f"must be a finite number >= 0, got {v!r}")
+
+    @staticmethod
+    def from_dict(d: Any, where: str = "weights") -> "ServiceWeights":
+        return _dataclass_from_dict(ServiceWeights, d, where, _number)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A scheduling instance: requests (sorted by arrival), a cost model, limits and weights.
+
+    ``requests`` are kept in the order given, which must be non-decreasing in arrival time; the
+    position of a request in this tuple is its tie-break sequence number everywhere in prefixsched.
+
+    Raises
+    ------
+    InputError
+        From :meth:`validate` (called by ``__post_init__``): empty instance, duplicate ids,
+        unsorted arrivals, mixed prompt kinds, or a request whose prompt + output can never fit in
+        ``limits.kv_capacity_tokens``.
+    """
+
+    requests: tuple[Request, ...]
+    cost_model: CostModel = field(default_factory=CostModel)
+    limits: Limits = field(default_factory=Limits)
+    weights: ServiceWeights = field(default_factory=ServiceWeights)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "requests", tuple(self.requests))
+        self.validate()
+
+    def validate(self) -> None:
+        self.limits.validate()
+        self.weights.validate()
+        self.cost_model.validate()
+        if not self.requests:
+            raise InputError("requests", "the instance is empty")
+        seen: set[str] = set()
+        prev = -math.inf
+        kind = None
+        for i, r in enumerate(self.requests):
+            where = f"requests[{i}]"
+            if r.id in seen:
+                raise InputError(f"{where}.id", f"duplicate id {r.id!r}")
+            seen.add(r.id)
+            if r.arrival < prev:
+                raise InputError(
+                    f"{where}.arrival", f"arrivals must be non-decreasing, got {r.arrival} after {prev}"
+                )
+            prev = r.arrival
+            this_kind = isinstance(r.prompt, BlockPrompt)
+            if kind is None:
+                kind = this_kind
+            elif kind != this_kind:
+                raise InputError(
+                    f"{where}.prompt",
+                    "an instance must not mix block prompts and token-list prompts (their page keys differ)",
+                )
+            need = r.prompt_len + r.output_len
+            if need > self.limits.kv_capacity_tokens:
+                raise InputError(
+                    f"{where}",
+                    f"prompt + output = {need} tokens can never fit in limits.kv_capacity_tokens = "
+                    f"{self.limits.kv_capacity_tokens}",
+                )
+
+    @property
+    def clients(self) -> tuple[str, ...]:
+        """Client names in order of first appearance."""
+        return tuple(dict.fromkeys(r.client for r in self.requests))
+
+    def by_id(self) -> dict[str, Request]:
+        return {r.id: r for r in self.requests}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": [r.to_dict() for r in self.requests],
+            "cost_model": asdict(self.cost_model),
+            "limits": asdict(self.limits),
+            "weights": asdict(self.weights),
+        }
+
+    @staticmethod
+    def from_dict(d: Any) -> "Instance":
+        """Parse and validate the JSON instance format (module docstring)."""
+        if not isinstance(d, dict):
+            raise InputError("instance", f"must be a JSON object, got {type(d).__name__}")
+        if "requests" not in d:
+            raise InputError("requests", "missing")
+        if not isinstance(d["requests"], list):
+            raise InputError("requests", "must be a list")
+        unknown = set(d) - {"requests", "cost_model", "limits", "weights"}
+        if unknown:
+            raise InputError(sorted(unknown)[0], "unknown top-level field")
+        reqs = tuple(Request.from_dict(r, f"requests[{i}]") for i, r in enumerate(d["requests"]))
+        cost = CostModel.from_dict(d.get("cost_model", {}))
+        limits = Limits.from_dict(d.get("limits", {}))
+        weights = ServiceWeights.from_dict(d.get("weights", {}))
+        return Instance(requests=reqs, cost_model=cost, limits=limits, weights=weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# small validated readers
+
+
+def _number(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InputError(name, f"must be a number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise InputError(name, f"must be finite, got {v}")
+    return v
+
+
+def _int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        raise InputError(name, f"must be an integer, got {v!r}")
+    return v
+
+
+def _int_list(v: Any, name: str) -> list[int]:
+    if not isinstance(v, list):
+        raise InputError(name, f"must be a list of integers, got {type(v).__name__}")
+    return [_int(x, f"{name}[{i}]") for i, x in enumerate(v)]
+
+
+def _dataclass_from_dict(cls: Any, d: Any, where: str, reader: Any) -> Any:
+    if not isinstance(d, dict):
+        raise InputError(where, f"must be a JSON object, got {type(d).__name__}")
+    names = {f.name for f in fields(cls)}
+    for key in d:
+        if key not in names:
+            raise InputError(f"{where}.{key}", f"unknown field (known: {', '.join(sorted(names))})")
+    obj = cls(**{k: reader(v, f"{where}.{k}") for k, v in d.items()})
+    obj.validate()
+    return obj
