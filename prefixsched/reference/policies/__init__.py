@@ -119,8 +119,13 @@ def create(spec: str, **params: Any) -> Policy:
     """
     name, primary = parse_spec(spec)
     cls = get(name)
-    sig = inspect.signature(cls.__init__)
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-    kwargs = {k: v for k, v in params.items() if v is not None and (accepts_any or k in sig.parameters)}
+    if cls.__init__ is object.__init__:
+        accepted: set[str] = set()
+        accepts_any = False
+    else:
+        sig = inspect.signature(cls.__init__)
+        accepted = set(sig.parameters) - {"self"}
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    kwargs = {k: v for k, v in params.items() if v is not None and (accepts_any or k in accepted)}
     kwargs.update(primary)
     return cls(**kwargs)

@@ -1,0 +1,81 @@
+"""Figures for the CLI (matplotlib, Agg backend; no screen needed).
+
+Plots only draw what :mod:`prefixsched.theory.metrics` computed; no metric is computed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["plot_simulation", "plot_gantt"]
+
+
+def plot_simulation(instance: Any, specs: Sequence[str], traces: Sequence[Any]):
+    """One row per policy: per-client cumulative service (actual, cost units) against time, and
+    per-client TTFT CDFs (log time axis). Returns the matplotlib Figure."""
+    from prefixsched.theory.metrics import request_latencies, service_timeline
+
+    clients = list(instance.clients)
+    cmap = plt.get_cmap("tab10" if len(clients) <= 10 else "tab20")
+    colors = {c: cmap(i % cmap.N) for i, c in enumerate(clients)}
+    fig, axes = plt.subplots(len(traces), 2, figsize=(12, 3.2 * len(traces)), squeeze=False)
+    for row, (spec, trace) in enumerate(zip(specs, traces)):
+        times, tl_clients, cum = service_timeline(trace, instance.weights, view="actual")
+        ax = axes[row][0]
+        for j, c in enumerate(tl_clients):
+            ax.plot(times, cum[:, j], color=colors.get(c), lw=1.2, label=c)
+        ax.set_title(f"{spec}: cumulative service per client")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("W = w_e*extend + w_q*output")
+        ax.grid(alpha=0.3)
+        lat = request_latencies(trace)
+        ttft = np.asarray(lat["ttft"])
+        ids_client = np.array([r.client for r in trace.requests])
+        ax = axes[row][1]
+        for c in clients:
+            x = np.sort(ttft[ids_client == c])
+            if x.size == 0:
+                continue
+            y = np.arange(1, x.size + 1) / x.size
+            ax.step(np.maximum(x, 1e-4), y, where="post", color=colors[c], lw=1.2, label=c)
+        ax.set_xscale("log")
+        ax.set_title(f"{spec}: TTFT CDF per client")
+        ax.set_xlabel("TTFT (s)")
+        ax.set_ylabel("fraction of requests")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][1].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 10), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+def plot_gantt(instance: Any, result: Any, *, model: str):
+    """Gantt chart of a sequential schedule (start..completion per request, arrival ticks)."""
+    by_id = instance.by_id()
+    order = list(result.order)
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(order) + 1.5))
+    clients = list(instance.clients)
+    cmap = plt.get_cmap("tab10")
+    for y, rid in enumerate(order):
+        req = by_id[rid]
+        start = result.start[rid]
+        finish = req.arrival + result.ttft[rid]
+        ax.barh(y, finish - start, left=start, color=cmap(clients.index(req.client) % 10), edgecolor="black", lw=0.5)
+        ax.plot([req.arrival], [y], marker="|", color="black", ms=12)
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels(order)
+    ax.invert_yaxis()
+    ax.set_xlabel("time (token units)")
+    ax.set_title(
+        f"{model} model, {result.objective_name}: {result.status.value} objective={result.objective} bound={result.bound}"
+    )
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
