@@ -13,8 +13,8 @@ Token ids are the ground truth for prefix sharing. Two kinds of prompt exist:
 
 Prefix sharing is decided on *pages* (``page_size`` tokens; SGLang matches and stores whole
 pages). :func:`page_keys` gives one hashable key per full page; two pages are equal iff their keys
-are equal. Keys of the two prompt kinds live in disjoint namespaces, so an :class:`Instance`
-refuses to mix them (see :meth:`Instance.validate`); within one kind the equality of keys is exactly
+are equal. Keys of the two prompt kinds (and of block prompts of different block sizes) live in
+different namespaces, so an :class:`Instance` refuses to mix them (see :meth:`Instance.validate`); within one kind the equality of keys is exactly
 the equality of the token ids. Output tokens are synthetic and unique to their request (page keys
 ``("O", request_id, page_index)``): outputs occupy KV memory but never match another prompt.
 
@@ -396,13 +396,15 @@ class Instance:
                     f"{where}.arrival", f"arrivals must be non-decreasing, got {r.arrival} after {prev}"
                 )
             prev = r.arrival
-            this_kind = isinstance(r.prompt, BlockPrompt)
+            this_kind = r.prompt.block_size if isinstance(r.prompt, BlockPrompt) else 0
             if kind is None:
                 kind = this_kind
             elif kind != this_kind:
                 raise InputError(
                     f"{where}.prompt",
-                    "an instance must not mix block prompts and token-list prompts (their page keys differ)",
+                    "an instance must not mix token-list prompts and block prompts, or block prompts of "
+                    f"different block sizes (their page keys differ): got block_size {this_kind or 'none'} "
+                    f"after {kind or 'none'}",
                 )
             need = r.prompt_len + r.output_len
             if need > self.limits.kv_capacity_tokens:

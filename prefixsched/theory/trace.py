@@ -5,7 +5,8 @@ service curve is computed from it by :mod:`prefixsched.theory.metrics`; the inde
 (:mod:`prefixsched.theory.schedule`) replays it against its :class:`~prefixsched.theory.model.Instance`.
 
 Step semantics (DESIGN.md; issue #2 item 6). Steps are numbered 0, 1, 2, ... and step ``s`` runs
-over ``[step_start[s], step_end[s])``. A request admitted in step ``a`` is prefilled in that step
+over ``[step_start[s], step_end[s])``; a step has zero length only where the cost model says so (the
+token-unit clock of :meth:`CostModel.token_units` makes decode-only steps free). A request admitted in step ``a`` is prefilled in that step
 (``extend_tokens`` uncached prompt tokens, ``cached_tokens`` reused from the prefix cache) and its
 first output token appears at ``step_end[a]``; it then decodes one token in each following step, so
 it produces output token ``j`` (0-based) in step ``a + j`` and finishes in step
@@ -72,7 +73,7 @@ class Trace:
     requests:
         One :class:`RequestRecord` per request of the instance, in instance order.
     step_start, step_end:
-        Seconds; ``step_start[s] < step_end[s] <= step_start[s+1]``.
+        Seconds; ``step_start[s] <= step_end[s] <= step_start[s+1]``.
     meta:
         Free-form run facts: seed, cache statistics (hit tokens, evicted tokens), wall time is
         *never* stored here (it would break byte-identical output).
