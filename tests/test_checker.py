@@ -467,7 +467,7 @@ def test_no_idle_when_jumping_to_the_next_arrival():
 @st.composite
 def instances(draw):
     block_kind = draw(st.booleans())
-    mixed_blocks = block_kind and draw(st.integers(0, 4)) == 0  # several block sizes: token fallback
+    block_size = draw(st.sampled_from([2, 4]))  # one block size per instance (Instance.validate)
     page_size = draw(st.sampled_from([1, 2, 3, 4, 8]))
     n = draw(st.integers(1, 7))
     reqs = []
@@ -475,7 +475,7 @@ def instances(draw):
     for i in range(n):
         t += draw(st.sampled_from([0.0, 0.0, 1.0, 3.0, 10.0]))
         if block_kind:
-            bs = draw(st.sampled_from([2, 4])) if mixed_blocks else 4
+            bs = block_size
             nb = draw(st.integers(1, 4))
             blocks = draw(st.lists(st.integers(0, 3), min_size=nb, max_size=nb))
             length = draw(st.integers((nb - 1) * bs + 1, nb * bs))
@@ -607,3 +607,13 @@ def fcfs_trace_fast_claims(instance: Instance) -> Trace:
             keys = page_keys(r.prompt, ps)
             seen.update(keys[: k + 1] for k in range(len(keys)))
     return eng.trace("fcfs")
+
+
+def test_instance_refuses_mixed_block_sizes():
+    """Block 1 at block_size 2 and at block_size 4 would share the page key ('B', 1, 0)."""
+    from prefixsched.errors import InputError
+
+    a = Request("a", "A", 0.0, BlockPrompt([1], 2, 2), 1)
+    b = Request("b", "A", 0.0, BlockPrompt([1], 4, 4), 1)
+    with pytest.raises(InputError, match="block sizes"):
+        Instance((a, b))
