@@ -1,0 +1,343 @@
+"""The simulator's waiting-queue index: FCFS and LPM orders kept incrementally.
+
+Every waiting request is registered with the radix cache as a *waiter*
+(:meth:`~prefixsched.reference.radix_cache.RadixCache.watch`); when an insert, split or eviction
+changes its prefix match, the cache calls :meth:`WaitingIndex.on_match_change` and the request is
+moved in the LPM orders. Nothing is re-matched per step.
+
+Orders (total, deterministic; ``seq`` = position of the request in the instance):
+
+- FCFS: ``(arrival, seq)``. Instance arrivals are non-decreasing in ``seq``, so this is the order
+  of ``seq`` alone and is kept as a :class:`sortedcontainers.SortedList` of ints.
+- LPM: ``(-cached_tokens, arrival, seq)`` = ``(-cached_tokens, seq)``, kept as a SortedList of the
+  single int ``-cached_tokens * N + seq`` (``N`` = number of requests), which sorts the same way.
+
+Each order exists globally and per client. The index also keeps the smallest ``extend_tokens``
+and the smallest ``extend_tokens + output_len`` over the queue and per client, so that a batch builder knows
+when no waiting request can fit any more. Costs: join, leave and a match change are O(log n)
+each; iteration is O(1) per entry.
+
+:meth:`WaitingIndex.dfs_weight_order` gives SGLang's ``dfs-weight`` order (sglang.md §1.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from sortedcontainers import SortedList
+
+from prefixsched.theory.model import Request
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prefixsched.reference.radix_cache import RadixCache, TreeNode
+
+__all__ = ["Entry", "WaitingIndex"]
+
+
+class Entry:
+    """A waiting request (implements :class:`~prefixsched.reference.policies.base.WaitingEntry`).
+
+    Attributes
+    ----------
+    request, seq:
+        The request and its position in the instance.
+    cached_tokens:
+        ``used * page_size``: the prefix hit if admitted now (tokens).
+    extend_tokens:
+        ``prompt_len - cached_tokens`` (tokens).
+    pages:
+        Matched prefix in pages (uncapped), as the cache reports it.
+    used:
+        Pages of the match the request would use and pin:
+        ``min(pages, (prompt_len - 1) // page_size)``. As SGLang, only the first
+        ``prompt_len - 1`` tokens are matched, so at least one token is prefilled and the cached
+        prefix is page-aligned; with ``page_size == 1`` this is ``min(pages, prompt_len - 1)``.
+    keys:
+        Page keys of the prompt (full pages only).
+    ci:
+        Index of the client in order of first appearance in the instance.
+
+    The simulator updates ``cached_tokens``/``extend_tokens``/``pages`` in place; policies must
+    treat an entry as read-only.
+    """
+
+    __slots__ = ("request", "seq", "cached_tokens", "extend_tokens", "pages", "used", "keys", "ci", "lpm_key")
+
+    def __init__(self, request: Request, seq: int, keys: tuple, ci: int) -> None:
+        self.request = request
+        self.seq = seq
+        self.keys = keys
+        self.ci = ci
+        self.pages = 0
+        self.used = 0
+        self.cached_tokens = 0
+        self.extend_tokens = request.prompt_len
+        self.lpm_key = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry(id={self.request.id!r}, client={self.request.client!r}, seq={self.seq}, "
+            f"cached_tokens={self.cached_tokens}, extend_tokens={self.extend_tokens})"
+        )
+
+
+class WaitingIndex:
+    """FCFS and LPM orders of the waiting requests, globally and per client.
+
+    Parameters
+    ----------
+    n_requests:
+        Number of requests in the instance (``seq`` < ``n_requests``).
+    clients:
+        Client names in order of first appearance (``ci`` indexes this).
+    cache:
+        The engine's radix cache; :meth:`add` registers each waiting request with
+        ``cache.watch(seq, keys)``. The cache must have been built with
+        ``on_match_change=index.on_match_change`` (use :meth:`attach`).
+    page_size:
+        Tokens per page.
+    """
+
+    def __init__(self, n_requests: int, clients: Sequence[str], page_size: int) -> None:
+        self._n = max(1, n_requests)
+        self.clients = tuple(clients)
+        self.page_size = page_size
+        self.cache: RadixCache | None = None
+        self.entries: dict[int, Entry] = {}
+        self.fcfs_all: SortedList = SortedList()
+        self.lpm_all: SortedList = SortedList()
+        nc = len(self.clients)
+        self.fcfs_by: list[SortedList] = [SortedList() for _ in range(nc)]
+        self.lpm_by: list[SortedList] = [SortedList() for _ in range(nc)]
+        self.count_by: list[int] = [0] * nc
+        self.clients_waiting: SortedList = SortedList()  # ci with count_by[ci] > 0
+        self.by_lpm_key: dict[int, Entry] = {}
+        # minimum extend and extend + output over the waiting requests (keys v * N + seq)
+        self.ext_keys: SortedList = SortedList()
+        self.need_keys: SortedList = SortedList()
+        self.ext_by: list[SortedList] = [SortedList() for _ in range(nc)]
+        self.need_by: list[SortedList] = [SortedList() for _ in range(nc)]
+        self.match_changes = 0
+        self.version = 0  # bumped whenever the set of waiting requests or a match changes
+
+    def attach(self, cache: "RadixCache") -> None:
+        self.cache = cache
+
+    # ------------------------------------------------------------------ updates
+
+    def _cached(self, e: Entry, pages: int) -> None:
+        ps = self.page_size
+        plen = e.request.prompt_len
+        cap = (plen - 1) // ps
+        used = pages if pages < cap else cap
+        c = used * ps
+        e.pages = pages
+        e.used = used
+        e.cached_tokens = c
+        e.extend_tokens = plen - c
+        e.lpm_key = -c * self._n + e.seq
+
+    def min_extend(self, ci: int | None = None) -> int:
+        """Smallest ``extend_tokens`` over the waiting requests (of client ``ci``); huge if none."""
+        sl = self.ext_keys if ci is None else self.ext_by[ci]
+        return sl[0] // self._n if sl else 1 << 62
+
+    def min_need(self, ci: int | None = None) -> int:
+        """Smallest ``extend_tokens + output_len`` over the waiting requests (of client ``ci``);
+        huge if none."""
+        sl = self.need_keys if ci is None else self.need_by[ci]
+        return sl[0] // self._n if sl else 1 << 62
+
+    def add(self, e: Entry) -> None:
+        """A request joins the queue: watch its prompt and insert it in every order."""
+        assert self.cache is not None
+        pages = self.cache.watch(e.seq, e.keys)
+        self._cached(e, pages)
+        self.version += 1
+        self.entries[e.seq] = e
+        self.fcfs_all.add(e.seq)
+        self.lpm_all.add(e.lpm_key)
+        self.by_lpm_key[e.lpm_key] = e
+        n = self._n
+        ci = e.ci
+        k1 = e.extend_tokens * n + e.seq
+        k2 = (e.extend_tokens + e.request.output_len) * n + e.seq
+        self.ext_keys.add(k1)
+        self.need_keys.add(k2)
+        self.ext_by[ci].add(k1)
+        self.need_by[ci].add(k2)
+        self.fcfs_by[ci].add(e.seq)
+        self.lpm_by[ci].add(e.lpm_key)
+        if self.count_by[ci] == 0:
+            self.clients_waiting.add(ci)
+        self.count_by[ci] += 1
+
+    def remove(self, e: Entry) -> None:
+        """A request leaves the queue (admitted): unwatch it and drop it from every order."""
+        assert self.cache is not None
+        self.cache.unwatch(e.seq)
+        self.version += 1
+        del self.entries[e.seq]
+        self.fcfs_all.remove(e.seq)
+        self.lpm_all.remove(e.lpm_key)
+        del self.by_lpm_key[e.lpm_key]
+        n = self._n
+        ci = e.ci
+        k1 = e.extend_tokens * n + e.seq
+        k2 = (e.extend_tokens + e.request.output_len) * n + e.seq
+        self.ext_keys.remove(k1)
+        self.need_keys.remove(k2)
+        self.ext_by[ci].remove(k1)
+        self.need_by[ci].remove(k2)
+        self.fcfs_by[ci].remove(e.seq)
+        self.lpm_by[ci].remove(e.lpm_key)
+        self.count_by[ci] -= 1
+        if self.count_by[ci] == 0:
+            self.clients_waiting.remove(ci)
+
+    def on_match_change(self, wid: Hashable, new_pages: int) -> None:
+        """Cache callback: waiter ``wid`` (a ``seq``) now matches ``new_pages`` pages."""
+        e = self.entries.get(wid)  # type: ignore[arg-type]
+        if e is None:  # pragma: no cover - the engine unwatches before removing
+            return
+        old = e.lpm_key
+        old_ext = e.extend_tokens
+        if new_pages != e.pages:
+            self.version += 1
+        self._cached(e, new_pages)
+        if e.lpm_key != old:
+            self.match_changes += 1
+            self.lpm_all.remove(old)
+            self.lpm_all.add(e.lpm_key)
+            del self.by_lpm_key[old]
+            self.by_lpm_key[e.lpm_key] = e
+            sl = self.lpm_by[e.ci]
+            sl.remove(old)
+            sl.add(e.lpm_key)
+            n = self._n
+            out = e.request.output_len
+            o1, k1 = old_ext * n + e.seq, e.extend_tokens * n + e.seq
+            o2, k2 = (old_ext + out) * n + e.seq, (e.extend_tokens + out) * n + e.seq
+            for a, b in ((self.ext_keys, self.need_keys), (self.ext_by[e.ci], self.need_by[e.ci])):
+                a.remove(o1)
+                a.add(k1)
+                b.remove(o2)
+                b.add(k2)
+
+    # ------------------------------------------------------------------ reads
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def iter_fcfs(self, ci: int | None = None) -> Iterator[Entry]:
+        sl = self.fcfs_all if ci is None else self.fcfs_by[ci]
+        return map(self.entries.__getitem__, sl)
+
+    def iter_lpm(self, ci: int | None = None) -> Iterator[Entry]:
+        sl = self.lpm_all if ci is None else self.lpm_by[ci]
+        return map(self.by_lpm_key.__getitem__, sl)
+
+    def dfs_weight_order(self, entries: Sequence[Entry], node_of: Callable[[Entry], "TreeNode"]) -> list[Entry]:
+        """SGLang's ``dfs-weight`` order of ``entries`` (sglang.md §1.2, ``_sort_by_dfs_weight``).
+
+        Each entry hangs at the tree position where its prefix match ends. SGLang splits a node
+        there (``match_prefix`` splits); here the tree is not touched and a match ending inside an
+        edge becomes a *virtual* cut node between the edge's start and its end. The weight of a
+        node is the number of entries in its subtree. The order is a post-order walk from the
+        root: children by descending weight (ties: smallest ``seq`` in the subtree, i.e. FCFS
+        order of the subtree's oldest entry; SGLang uses dict insertion order), then the node's
+        own entries in FCFS order. Entries with no match hang at the root and come last, as in
+        SGLang. A later split of a node does not change the order (it only adds a virtual node
+        with one child), so the order depends only on the entries' match positions.
+
+        Cost: O(n) to group the entries by match position plus O(groups * depth).
+        """
+        if not entries:
+            return []
+        # group by match position (node, pages); pages == node.depth is the node itself
+        groups: dict[tuple, list[Entry]] = {}
+        for e in entries:
+            k = (node_of(e), e.pages)
+            g = groups.get(k)
+            if g is None:
+                groups[k] = [e]
+            else:
+                g.append(e)
+        cuts: dict[int, list[int]] = {}
+        for node, p in groups:
+            if p != node.depth:
+                cuts.setdefault(node.id, []).append(p)
+        for nid in cuts:
+            cuts[nid].sort()
+
+        def parent_of(vk: tuple) -> tuple | None:
+            node, p = vk
+            cl = cuts.get(node.id)
+            if p == node.depth:
+                if node.parent is None:
+                    return None
+                if cl:
+                    return (node, cl[-1])
+            elif cl[0] != p:  # type: ignore[index]
+                return (node, cl[cl.index(p) - 1])  # type: ignore[union-attr]
+            par = node.parent
+            return (par, par.depth)
+
+        children: dict[tuple, list[tuple]] = {}
+        seen: set[tuple] = set()
+        root_vk = None
+        for vk in groups:
+            x: tuple | None = vk
+            while x is not None and x not in seen:
+                seen.add(x)
+                par = parent_of(x)
+                if par is None:
+                    root_vk = x
+                else:
+                    children.setdefault(par, []).append(x)
+                x = par
+        assert root_vk is not None
+        weight: dict[tuple, int] = {}
+        first: dict[tuple, int] = {}
+        stack: list[tuple[tuple, bool]] = [(root_vk, False)]
+        while stack:
+            vk, done = stack.pop()
+            kids = children.get(vk, ())
+            if not done:
+                stack.append((vk, True))
+                for c in kids:
+                    stack.append((c, False))
+                continue
+            mine = groups.get(vk)
+            if mine:
+                w = len(mine)
+                f = min(e.seq for e in mine)
+            else:
+                w, f = 0, 1 << 62
+            for c in kids:
+                w += weight[c]
+                if first[c] < f:
+                    f = first[c]
+            weight[vk] = w
+            first[vk] = f
+        out: list[Entry] = []
+        stack2: list[tuple[tuple, bool]] = [(root_vk, False)]
+        while stack2:
+            vk, done = stack2.pop()
+            if done:
+                mine = groups.get(vk)
+                if mine:
+                    out.extend(sorted(mine, key=_seq))
+                continue
+            stack2.append((vk, True))
+            kids = children.get(vk)
+            if kids:
+                kids.sort(key=lambda c: (-weight[c], first[c]))
+                for c in reversed(kids):
+                    stack2.append((c, False))
+        return out
+
+
+def _seq(e: Entry) -> int:
+    return e.seq
