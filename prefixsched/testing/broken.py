@@ -1,0 +1,208 @@
+"""Deliberately broken policies and cache: each exists only to prove that a checker fires.
+
+Modelled on BLIS's pathological policies (``reverse-priority``, ``always-busiest``; spec
+style_anchors.md §1.4): a detector that never fires on a known-bad subject proves nothing. None of
+these classes is registered in the policy registry (they never show up on the CLI); tests import
+them from here.
+
+=========================  ========================================  =====================
+class                      the bug                                   the checker that fires
+=========================  ========================================  =====================
+:class:`ReverseOrder`      admits the *newest* waiting request first INV-6 (no starvation)
+:class:`DLPMNeverRefills`  DLPM without CHECK_REFILL (one grant of   INV-1 (progress) /
+                           ``Q_u`` at join, never refilled)          INV-4 (work cons.)
+:class:`DLPMEagerRefill`   refills every pass and also tops up       INV-7 (deficit range)
+                           clients with ``q > 0`` (banks credit)
+:class:`VTCNoLift`         VTC that forgets the counter lift         INV-9 (counter spread),
+                           (a (re)joining client keeps its old,      INV-12 (two-backlogged)
+                           low counter)
+:class:`LazyBatcher`       never starts an idle server with a        INV-4 (work cons.) /
+                           single waiting request                    INV-1 (progress)
+:class:`Clairvoyant`       orders by the clients' future arrivals    INV-13 (online)
+:class:`LockIgnoringCache` ``evict`` strips lock refs first, so it   ``check_lock_safety``
+                           evicts nodes pinned by running requests   (INV-14); in the
+                                                                     simulator INV-1
+=========================  ========================================  =====================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from prefixsched.reference.policies.base import Decision, Policy, Snapshot
+from prefixsched.reference.policies.dlpm import DLPM
+from prefixsched.reference.policies.vtc import VTC
+from prefixsched.reference.radix_cache import RadixCache, TreeNode
+from prefixsched.theory.model import Instance, Request
+
+__all__ = [
+    "ReverseOrder",
+    "DLPMNeverRefills",
+    "DLPMEagerRefill",
+    "VTCNoLift",
+    "LazyBatcher",
+    "Clairvoyant",
+    "LockIgnoringCache",
+    "check_lock_safety",
+]
+
+
+class ReverseOrder(Policy):
+    """Admits waiting requests newest first (reverse FCFS), skipping ones that do not fit.
+
+    Starves the oldest request while newer ones keep arriving: ``INV-6`` fires for any k.
+    """
+
+    name: ClassVar[str] = "broken-reverse"
+    description: ClassVar[str] = "BROKEN: newest request first"
+
+    def decide(self, snap: Snapshot) -> Decision:
+        b = snap.batch()
+        for e in reversed(list(snap.fcfs())):
+            if b.full:
+                break
+            b.try_add(e)
+        return Decision(tuple(b.admitted))
+
+
+class DLPMNeverRefills(DLPM):
+    """DLPM whose CHECK_REFILL never runs: a client gets ``Q_u`` once when it joins and is never
+    refilled, so once every waiting client is out of credit nothing is admitted again.
+
+    The simulator stops the run (``IllegalDecisionError``: the server idles forever), ``INV-1``
+    fires; with later arrivals the idle gap fires ``INV-4``.
+    """
+
+    name: ClassVar[str] = "broken-dlpm-never-refills"
+    description: ClassVar[str] = "BROKEN: DLPM without refills"
+
+    def on_arrival(self, request: Request, now: float, snap: Snapshot) -> None:
+        u = request.client
+        if u not in self.deficits:
+            self.deficits[u] = self.quantum
+            self.refills.setdefault(u, 0)
+
+    def decide(self, snap: Snapshot) -> Decision:
+        b = snap.batch()
+        q = self.deficits
+        w_e = snap.weights.w_e
+        for e in snap.lpm():
+            if b.full:
+                break
+            u = e.request.client
+            if q[u] > 0 and b.try_add(e):
+                q[u] -= w_e * e.extend_tokens
+        return Decision(tuple(b.admitted))
+
+
+class DLPMEagerRefill(DLPM):
+    """DLPM that refills at the start of *every* scheduling pass and tops up *every* active
+    client, also those with ``q > 0`` (the two guards of CHECK_REFILL dropped): credit is banked
+    above ``Q_u``, so ``INV-7`` (``q in (-U, Q_u]``) fires."""
+
+    name: ClassVar[str] = "broken-dlpm-eager-refill"
+    description: ClassVar[str] = "BROKEN: DLPM refills everyone every pass"
+
+    def _refill(self) -> None:
+        self.rounds += 1
+        for u in self.deficits:
+            self.deficits[u] += self.quantum
+            self.refills[u] += 1
+
+    def decide(self, snap: Snapshot) -> Decision:
+        self._refill()
+        return super().decide(snap)
+
+
+class VTCNoLift(VTC):
+    """VTC without the counter lift (the paper's LCF ablation): a client that (re)joins the
+    backlog keeps its old counter (0 for a new client), so a late joiner is served exclusively
+    until it catches up. ``INV-9`` (counter spread among waiting clients) and, with enough
+    backlog, ``INV-12`` fire."""
+
+    name: ClassVar[str] = "broken-vtc-no-lift"
+    description: ClassVar[str] = "BROKEN: VTC without the counter lift"
+
+    def on_arrival(self, request: Request, now: float, snap: Snapshot) -> None:
+        self.counters.setdefault(request.client, 0.0)
+
+
+class LazyBatcher(Policy):
+    """FCFS that refuses to start an idle server for a single waiting request (it waits for a
+    second one to batch them): the server idles while a request waits (``INV-4``), and a lone
+    last request is never served (``INV-1``)."""
+
+    name: ClassVar[str] = "broken-lazy-batcher"
+    description: ClassVar[str] = "BROKEN: idles while one request waits"
+
+    def decide(self, snap: Snapshot) -> Decision:
+        if snap.running_count() == 0 and snap.waiting_count() < 2:
+            return Decision(())
+        b = snap.batch()
+        for e in snap.fcfs():
+            if b.full or not b.try_add(e):
+                break
+        return Decision(tuple(b.admitted))
+
+
+class Clairvoyant(Policy):
+    """Reads the future: built with the whole instance, it serves first the clients with the most
+    requests still to *arrive* (an oracle no online scheduler has). ``INV-13`` (online) fires:
+    removing future requests changes earlier decisions."""
+
+    name: ClassVar[str] = "broken-clairvoyant"
+    description: ClassVar[str] = "BROKEN: peeks at future arrivals"
+
+    def __init__(self, instance: Instance) -> None:
+        self._arrivals = [(r.arrival, r.client) for r in instance.requests]
+
+    def decide(self, snap: Snapshot) -> Decision:
+        future: dict[str, int] = {}
+        for t, c in self._arrivals:
+            if t > snap.now:
+                future[c] = future.get(c, 0) + 1
+        b = snap.batch()
+        order = sorted(snap.fcfs(), key=lambda e: -future.get(e.request.client, 0))
+        for e in order:
+            if b.full:
+                break
+            b.try_add(e)
+        return Decision(tuple(b.admitted))
+
+
+class LockIgnoringCache(RadixCache):
+    """A radix cache whose :meth:`evict` first strips every lock ref, so it evicts nodes that
+    running requests have pinned (SGLang's ``lock_ref`` exists precisely to forbid this).
+
+    The unlocking goes through the public :meth:`dec_lock_ref`, so the tree's own accounting
+    (``check_invariants``) stays consistent: only a checker that knows which nodes were pinned
+    (:func:`check_lock_safety`) or a later ``dec_lock_ref`` by the pin holder (``LockRefError``)
+    notices.
+    """
+
+    def evict(self, n_tokens: int) -> int:
+        while True:
+            locked = [x for x in self.iter_nodes() if x is not self.root and x.lock_ref > 0]
+            if not locked:
+                break
+            # deepest pinned node first: dec_lock_ref on it unpins its whole path once
+            x = max(locked, key=lambda node: node.depth)
+            self.dec_lock_ref(x)
+        return super().evict(n_tokens)
+
+
+def check_lock_safety(cache: RadixCache, pinned: Iterable[TreeNode]) -> list[str]:
+    """The lock-safety invariant (INV-14): every node a holder pinned with ``inc_lock_ref`` and
+    has not released is still in the tree with ``lock_ref >= 1``.
+
+    Returns one message per violation (empty list: holds).
+    """
+    out: list[str] = []
+    for x in pinned:
+        if not x.alive:
+            out.append(f"pinned node {x.id} was evicted")
+        elif x.lock_ref < 1:
+            out.append(f"pinned node {x.id} has lock_ref {x.lock_ref}")
+    return out
+

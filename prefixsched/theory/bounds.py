@@ -1,0 +1,724 @@
+"""The fairness theorems of VTC, DLPM and D²LPM as code: one formula per theorem, one checker per
+premise.
+
+Every formula is a plain function of the theorem's parameters, in **cost units** (weighted tokens,
+``W = w_e * n_e + w_q * n_q``) or, for latency bounds, in **seconds** (cost units divided by a
+capacity ``a`` in cost units per second). Every ``check_*`` function scans a simulator
+:class:`~prefixsched.theory.trace.Trace` over *all* intervals where the theorem's premise holds
+and returns a :class:`BoundReport` with the worst value found and the interval (or request)
+attaining it. Service, backlog and latency come from :mod:`prefixsched.theory.metrics` only
+(:func:`~prefixsched.theory.metrics.service_timeline`,
+:func:`~prefixsched.theory.metrics.backlog_intervals`,
+:func:`~prefixsched.theory.metrics.max_service_gap`), with its conventions: ``W_f(t1, t2)`` is the
+service delivered by steps ending in ``(t1, t2]``; a client is *backlogged* while it has a request
+waiting (arrived, not admitted); evaluation points inside a backlogged period ``[T0, T1)`` are
+``T0`` and every distinct step end in ``(T0, T1]``.
+
+Sources: VTC — Sheng et al., OSDI'24 (vtc_fastswitch_preble.md §A.4); DLPM/D²LPM — Cao et al.,
+arXiv:2501.14312v1, §4.2, §5.2 and Appendix A (dlpm.md §4).
+
+Parameters (dlpm.md §1)
+-----------------------
+``L_input``
+    The largest prompt of the instance, in tokens (:func:`max_input_tokens`). A request's
+    admission charge is at most ``w_e * L_input`` in both views (extend <= prompt).
+``M``
+    "The largest number of tokens a running batch can hold". In every proof its role is to bound
+    the *decode charge still to come from requests already running* when a client stops being
+    admitted, so prefixsched reads it as **output tokens one running batch can still produce**.
+    *Decision:* two values are offered and each check documents its default.
+
+    - :func:`kv_batch_tokens` ``= kv_capacity_tokens``, the literal reading (and the value
+      :mod:`prefixsched.reference.policies.dlpm` documents). **Default of the VTC checks**: VTC's
+      ``max`` form needs it. Its proof charges a request's prompt *and* the outputs still to come
+      against the same memory (``w_e*L_input + w_q*outputs <= w_q*M`` when ``w_q >= w_e`` and
+      prompt + outputs fit in ``M``); with an output-only ``M`` the max form is false
+      (counterexample in ``papers/dlpm/bounds_findings.md``).
+    - :func:`batch_output_capacity` ``= min(kv_capacity_tokens, sum of the
+      max_running_requests largest output_len)``, output tokens only. **Default of the DLPM
+      checks**: DLPM's ``U`` already adds ``w_e*L_input``, and Thm A.1's induction only needs
+      ``M`` to bound the decode charge of the requests already running, which this does (the
+      simulator reserves every running request's full output in the KV pool and runs at most
+      ``max_running_requests`` requests). Tighter, so the checks are more sensitive.
+
+    Pass ``M=`` to any check to override.
+``U``
+    VTC: ``max(w_e * L_input, w_q * M)``; DLPM/D²LPM: ``w_e * L_input + w_q * M``
+    (:func:`vtc_U`, :func:`dlpm_U`).
+``a``
+    Latency bounds: a lower bound on server capacity in cost units per second. *Decision:*
+    :func:`capacity_lower_bound` measures it on the trace as the smallest service rate of any step
+    of positive duration (actual view); zero-duration steps (free decode under
+    ``CostModel.token_units()``) are skipped.
+
+Views. VTC charges full prompts, so its theorem is checked on the client view by default
+(``view="client"``); DLPM charges extend tokens, so DLPM theorems use the actual view.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from prefixsched.errors import InputError
+from prefixsched.theory.metrics import backlog_intervals, max_service_gap, service_timeline
+from prefixsched.theory.model import Instance
+from prefixsched.theory.trace import Trace
+
+__all__ = [
+    "BoundReport",
+    "max_input_tokens",
+    "kv_batch_tokens",
+    "batch_output_capacity",
+    "vtc_U",
+    "dlpm_U",
+    "vtc_two_backlogged_bound",
+    "dlpm_thm_a1",
+    "dlpm_thm_4_1",
+    "dlpm_thm_4_2",
+    "dlpm_thm_a2_latency",
+    "d2lpm_thm_a3",
+    "d2lpm_thm_5_1",
+    "d2lpm_thm_5_2",
+    "d2lpm_thm_a4",
+    "capacity_lower_bound",
+    "check_vtc_two_backlogged",
+    "check_vtc_counter_spread",
+    "check_dlpm_thm_4_1",
+    "check_dlpm_thm_4_2",
+    "check_dlpm_thm_a1",
+    "check_dlpm_deficit_range",
+    "check_dlpm_thm_a2_latency",
+    "check_dlpm_accounting",
+    "check_all",
+    "state_log",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+@dataclass(frozen=True)
+class BoundReport:
+    """Outcome of one ``check_*`` scan.
+
+    Attributes
+    ----------
+    name:
+        The theorem (``"DLPM Thm 4.1"``).
+    bound:
+        The theorem's bound for this instance (cost units, or seconds for latency bounds).
+    worst:
+        The worst value found over every interval / request satisfying the premise (0.0 when none
+        does).
+    holds:
+        ``worst <= bound`` (up to ``1e-9`` relative, float summation noise).
+    witness:
+        Where ``worst`` is attained: ``{"pair": (f, g), "interval": (t1, t2), ...}`` or
+        ``{"request": id, ...}``; empty when nothing satisfied the premise.
+    checked:
+        How many premise instances were examined (pairs with a common backlog, backlogged periods,
+        requests): 0 means the check was vacuous.
+    params:
+        The parameters used (``L_input``, ``M``, ``Q_u``, ``a``, ``view``...).
+    """
+
+    name: str
+    bound: float
+    worst: float
+    holds: bool
+    witness: dict[str, Any] = field(default_factory=dict)
+    checked: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """``worst / bound`` (0 when the bound is infinite or zero and nothing was found)."""
+        if self.bound == 0 or math.isinf(self.bound):
+            return 0.0 if self.worst == 0 else math.inf
+        return self.worst / self.bound
+
+    def __str__(self) -> str:
+        if self.checked == 0:
+            return f"{self.name}: vacuous (no interval satisfied the premise); bound {self.bound:g}"
+        where = ", ".join(f"{k}={_fmt(v)}" for k, v in self.witness.items())
+        if self.holds:
+            share = f"{self.ratio:.1%} of the bound, " if self.bound > 0 else ""
+            return (
+                f"{self.name}: holds: worst {self.worst:g} <= bound {self.bound:g} "
+                f"({share}{self.checked} checked; worst at {where})"
+            )
+        return (
+            f"{self.name}: VIOLATED: worst {self.worst:g} > bound {self.bound:g}; counterexample: {where}"
+        )
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _holds(worst: float, bound: float) -> bool:
+    return worst <= bound + 1e-9 * max(1.0, abs(bound))
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+def max_input_tokens(instance: Instance) -> int:
+    """``L_input``: the largest prompt of ``instance``, in tokens."""
+    return max(r.prompt_len for r in instance.requests)
+
+
+def kv_batch_tokens(instance: Instance) -> int:
+    """``M`` read literally: ``limits.kv_capacity_tokens`` (tokens)."""
+    return instance.limits.kv_capacity_tokens
+
+
+def batch_output_capacity(instance: Instance) -> int:
+    """``M`` per instance (module docstring): output tokens one running batch can still produce.
+
+    ``min(kv_capacity_tokens, sum of the max_running_requests largest output_len)``, in tokens.
+    Sound because the simulator reserves each running request's full output in the KV pool and
+    runs at most ``max_running_requests`` requests at once.
+    """
+    outs = sorted((r.output_len for r in instance.requests), reverse=True)
+    top = sum(outs[: instance.limits.max_running_requests])
+    return min(instance.limits.kv_capacity_tokens, top)
+
+
+def _positive(name: str, v: float, *, allow_zero: bool = True) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
+        not allow_zero and v == 0
+    ):
+        raise InputError(name, f"must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
+    return float(v)
+
+
+def vtc_U(L_input: float, M: float, w_e: float = 1.0, w_q: float = 2.0) -> float:
+    """VTC's ``U = max(w_e * L_input, w_q * M)`` (cost units; vtc_fastswitch_preble.md §A.4).
+
+    Raises :class:`InputError` for a negative or non-finite argument.
+    """
+    return max(_positive("w_e", w_e) * _positive("L_input", L_input), _positive("w_q", w_q) * _positive("M", M))
+
+
+def dlpm_U(L_input: float, M: float, w_e: float = 1.0, w_q: float = 2.0) -> float:
+    """DLPM's ``U = w_e * L_input + w_q * M`` (cost units; dlpm.md §1): the most counter a single
+    request can consume, prefill charge plus the decode charge bounded by batch capacity.
+
+    Raises :class:`InputError` for a negative or non-finite argument.
+    """
+    return _positive("w_e", w_e) * _positive("L_input", L_input) + _positive("w_q", w_q) * _positive("M", M)
+
+
+# ---------------------------------------------------------------------------------------------
+# formulas
+
+
+def vtc_two_backlogged_bound(L_input: float, M: float, w_e: float = 1.0, w_q: float = 2.0) -> float:
+    """VTC main theorem (Sheng et al. OSDI'24; vtc_fastswitch_preble.md §A.4).
+
+    For any interval ``[t1, t2)`` in which clients f and g are both backlogged::
+
+        |W_f(t1,t2) - W_g(t1,t2)| <= 2 * max(w_e * L_input, w_q * M)
+
+    ``L_input`` and ``M`` in tokens; returns cost units.
+    """
+    return 2.0 * vtc_U(L_input, M, w_e, w_q)
+
+
+def dlpm_thm_a1(Q_u: float, U: float) -> float:
+    """DLPM Thm A.1 as printed (dlpm.md §4): a client backlogged over ``[t1, t2)`` and refilled
+    ``K_i`` times in it satisfies ``|W_i(t1,t2) - K_i * Q_u| <= max(Q_u, U)`` (cost units).
+
+    Proof gap: with ``q_i in (-U, Q_u]`` the exact identity is
+    ``W_i = K_i*Q_u + q_i(t1) - q_i(t2)``, which only gives ``< Q_u + U``; the printed
+    ``max(Q_u, U)`` drops ``q_i(t1)``. See ``papers/dlpm/bounds_findings.md`` for the empirical test.
+    """
+    return max(_positive("Q_u", Q_u, allow_zero=False), _positive("U", U))
+
+
+def dlpm_thm_4_1(Q_u: float, U: float) -> float:
+    """DLPM Thm 4.1 (dlpm.md §4): for f, g both continuously backlogged on ``[t1, t2)``::
+
+        |W_f(t1,t2) - W_g(t1,t2)| <= 2 * (U + Q_u)        (cost units)
+    """
+    return 2.0 * (_positive("U", U) + _positive("Q_u", Q_u, allow_zero=False))
+
+
+def dlpm_thm_4_2(Q_u: float, U: float) -> float:
+    """DLPM Thm 4.2 (dlpm.md §4): f backlogged on ``[t1, t2)``, g arbitrary (not backlogged)::
+
+        W_g(t1,t2) - W_f(t1,t2) <= 2*U + 2*Q_u            (cost units)
+    """
+    return 2.0 * _positive("U", U) + 2.0 * _positive("Q_u", Q_u, allow_zero=False)
+
+
+def dlpm_thm_a2_latency(n: int, Q_u: float, U: float, a: float) -> float:
+    """DLPM Thm A.2 (dlpm.md §4): with ``n`` clients, a request r_f of a client f that had nothing
+    waiting and nothing running when r_f arrived is dispatched (admitted) within::
+
+        D(r_f) - A(r_f) <= 2 * (n - 1) * (Q_u + U) / a     (seconds)
+
+    ``a``: lower bound on server capacity in cost units per second (> 0).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError("n", f"must be an integer >= 1, got {n!r}")
+    return 2.0 * (n - 1) * (_positive("Q_u", Q_u, allow_zero=False) + _positive("U", U)) / _positive(
+        "a", a, allow_zero=False
+    )
+
+
+def _workers(n_workers: int) -> int:
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise InputError("n_workers", f"must be an integer >= 1, got {n_workers!r}")
+    return n_workers
+
+
+def d2lpm_thm_a3(Q_u: float, U: float, n_workers: int) -> float:
+    """D²LPM Thm A.3 (dlpm.md §4): ``|sum_w k_{i,w}*Q_u - W_i| <= max(Q_u, U) * |W|`` (cost units),
+    ``k_{i,w}`` the local DLPM refills of client i on worker w, ``|W|`` = ``n_workers``.
+    Inherits Thm A.1's gap (the sound per-worker constant is ``Q_u + U``)."""
+    return dlpm_thm_a1(Q_u, U) * _workers(n_workers)
+
+
+def d2lpm_thm_5_1(Q_u: float, U: float, n_workers: int) -> float:
+    """D²LPM Thm 5.1 (dlpm.md §4): over backlogged clients,
+    ``max_i W_i(t1,t2) - min_i W_i(t1,t2) <= 2 * |W| * (U + Q_u)`` (cost units). ``Q_w`` does not
+    appear (it must only be finite)."""
+    return 2.0 * _workers(n_workers) * (_positive("U", U) + _positive("Q_u", Q_u, allow_zero=False))
+
+
+def d2lpm_thm_5_2(Q_u: float, U: float, n_workers: int) -> float:
+    """D²LPM Thm 5.2 (dlpm.md §4): f backlogged, g not:
+    ``W_g(t1,t2) - W_f(t1,t2) <= 2 * (U + Q_u) * |W|`` (cost units)."""
+    return 2.0 * (_positive("U", U) + _positive("Q_u", Q_u, allow_zero=False)) * _workers(n_workers)
+
+
+def d2lpm_thm_a4(n: int, Q_u: float, U: float, a: float, n_workers: int) -> float:
+    """D²LPM Thm A.4 (dlpm.md §4): under Thm A.2's premise,
+    ``D(r_f) - A(r_f) <= (n - 1) * |W| * (2U + 2Q_u) / a`` (seconds)."""
+    return dlpm_thm_a2_latency(n, Q_u, U, a) * _workers(n_workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers on traces (metrics-compatible evaluation points)
+
+
+def _params(instance: Instance, M: int | None, *, literal: bool = False) -> tuple[int, int]:
+    L = max_input_tokens(instance)
+    if M is None:
+        m = kv_batch_tokens(instance) if literal else batch_output_capacity(instance)
+    else:
+        m = int(M)
+    if m < 0:
+        raise InputError("M", f"must be >= 0, got {M!r}")
+    return L, m
+
+
+def _distinct_step_ends(times: np.ndarray, cum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the last row of each run of equal step ends (as ``metrics.max_service_gap``) and
+    prepend the zero row: ``ext[i]`` = service after the first ``i`` distinct step ends."""
+    if times.size:
+        last = np.ones(times.size, dtype=bool)
+        last[:-1] = times[1:] != times[:-1]
+        times, cum = times[last], cum[last]
+    return times, np.vstack([np.zeros((1, cum.shape[1])), cum])
+
+
+def _eval_rows(times: np.ndarray, t0: float, t1: float) -> np.ndarray:
+    """Rows of ``ext`` at the evaluation points of backlogged period ``[t0, t1)``: ``W(t0)`` then
+    every distinct step end in ``(t0, t1]``."""
+    i0 = int(np.searchsorted(times, t0, side="right"))
+    i1 = int(np.searchsorted(times, t1, side="right"))
+    return np.arange(i0, i1 + 1)
+
+
+def _time_of(times: np.ndarray, rows: np.ndarray, j: int, t0: float) -> float:
+    return float(t0) if j == 0 else float(times[rows[j] - 1])
+
+
+def capacity_lower_bound(instance: Instance, trace: Trace, view: str = "actual") -> float:
+    """``a`` for the latency theorems: the smallest service rate (cost units per second) over the
+    trace's steps of positive duration. Service per step from
+    :func:`~prefixsched.theory.metrics.service_timeline`. Returns ``inf`` if no step has positive
+    duration (everything was free)."""
+    _times, _clients, cum = service_timeline(trace, instance, view)
+    if cum.size == 0:
+        return math.inf
+    per_step = np.diff(np.vstack([np.zeros((1, cum.shape[1])), cum]), axis=0).sum(axis=1)
+    dur = np.asarray(trace.step_end) - np.asarray(trace.step_start)
+    pos = dur > 0
+    if not np.any(pos):
+        return math.inf
+    return float(np.min(per_step[pos] / dur[pos]))
+
+
+def state_log(trace: Trace) -> list[tuple[int, dict[str, Any]]]:
+    """``trace.meta["states"]`` (``simulate(..., record_states=True)``) as ``[(step, state)]``.
+
+    Raises
+    ------
+    InputError
+        If the trace was recorded without ``record_states=True``.
+    """
+    states = trace.meta.get("states")
+    if states is None:
+        raise InputError("trace.meta.states", "missing: run simulate(..., record_states=True)")
+    return [(int(s), st) for s, st in states]
+
+
+def _states_at_steps(trace: Trace, key: str) -> list[dict[str, Any] | None]:
+    """``state[key]`` in force after each step (the log is compact: carry the last entry)."""
+    out: list[dict[str, Any] | None] = [None] * trace.n_steps
+    log = state_log(trace)
+    j = 0
+    cur: dict[str, Any] | None = None
+    for s in range(trace.n_steps):
+        while j < len(log) and log[j][0] <= s:
+            cur = log[j][1].get(key)
+            j += 1
+        out[s] = cur
+    return out
+
+
+def _waiting_after_step(trace: Trace) -> list[set[str]]:
+    """Clients with a waiting request right after step s ends (the moment ``state()`` is logged):
+    requests that joined by step s (``arrival <= step_start[s]``) and are admitted after it."""
+    S = trace.n_steps
+    starts = np.asarray(trace.step_start)
+    clients = list(dict.fromkeys(r.client for r in trace.requests))
+    ci = {c: k for k, c in enumerate(clients)}
+    diff = np.zeros((len(clients), S + 1), dtype=np.int64)
+    for r in trace.requests:
+        first = int(np.searchsorted(starts, r.arrival, side="left"))  # first step starting >= arrival
+        last = min(r.admit_step, S)
+        if first < last:
+            diff[ci[r.client], first] += 1
+            diff[ci[r.client], last] -= 1
+    live = np.cumsum(diff, axis=1)[:, :S] > 0
+    return [{clients[k] for k in np.flatnonzero(live[:, s])} for s in range(S)]
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+def check_vtc_two_backlogged(
+    instance: Instance, trace: Trace, *, M: int | None = None, view: str = "client"
+) -> BoundReport:
+    """Scan ``trace`` for VTC's two-backlogged-clients bound (:func:`vtc_two_backlogged_bound`).
+
+    Worst value: :func:`~prefixsched.theory.metrics.max_service_gap` over every pair and every
+    interval in which both are backlogged. ``view="client"`` (full prompts, what VTC charges by
+    default); use ``"actual"`` for ``VTC(charge="extend")``. ``M`` defaults to
+    ``kv_capacity_tokens`` (module docstring).
+    """
+    L, m = _params(instance, M, literal=True)
+    w = instance.weights
+    bound = vtc_two_backlogged_bound(L, m, w.w_e, w.w_q)
+    gap = max_service_gap(trace, instance, view, per_pair=True)
+    witness = {"pair": gap["pair"], "interval": gap["interval"]} if gap["pair"] else {}
+    return BoundReport(
+        "VTC two-backlogged (OSDI'24 main theorem)", bound, float(gap["value"]),
+        _holds(float(gap["value"]), bound), witness, len(gap["per_pair"]),
+        {"L_input": L, "M": m, "view": view, "w_e": w.w_e, "w_q": w.w_q},
+    )
+
+
+def check_dlpm_thm_4_1(
+    instance: Instance, trace: Trace, Q_u: float, *, M: int | None = None, view: str = "actual"
+) -> BoundReport:
+    """Scan ``trace`` for DLPM Thm 4.1 (:func:`dlpm_thm_4_1`): the largest
+    ``|W_f(t1,t2) - W_g(t1,t2)|`` over pairs both backlogged on ``[t1, t2)``
+    (:func:`~prefixsched.theory.metrics.max_service_gap`, actual view)."""
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    bound = dlpm_thm_4_1(Q_u, U)
+    gap = max_service_gap(trace, instance, view, per_pair=True)
+    witness = {"pair": gap["pair"], "interval": gap["interval"]} if gap["pair"] else {}
+    return BoundReport(
+        "DLPM Thm 4.1", bound, float(gap["value"]), _holds(float(gap["value"]), bound), witness,
+        len(gap["per_pair"]), {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "view": view},
+    )
+
+
+def check_dlpm_thm_4_2(
+    instance: Instance, trace: Trace, Q_u: float, *, M: int | None = None, view: str = "actual"
+) -> BoundReport:
+    """Scan ``trace`` for DLPM Thm 4.2 (:func:`dlpm_thm_4_2`).
+
+    For every client f, every backlogged period ``[T0, T1)`` of f and every other client g: the
+    largest ``W_g(t1,t2) - W_f(t1,t2)`` over ``T0 <= t1 < t2 <= T1`` (evaluation points as
+    :func:`~prefixsched.theory.metrics.max_service_gap`; one-sided, so a running minimum instead
+    of max - min). g may or may not be backlogged (the bound covers both).
+    """
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    bound = dlpm_thm_4_2(Q_u, U)
+    times, clients, cum = service_timeline(trace, instance, view)
+    times, ext = _distinct_step_ends(times, cum)
+    backlog = backlog_intervals(trace)
+    worst, witness, checked = 0.0, {}, 0
+    for fi, f in enumerate(clients):
+        for t0, t1 in backlog.get(f, []):
+            rows = _eval_rows(times, t0, t1)
+            for gi, g in enumerate(clients):
+                if gi == fi:
+                    continue
+                checked += 1
+                D = ext[rows, gi] - ext[rows, fi]
+                run_min = np.minimum.accumulate(D)
+                inc = D - run_min
+                j2 = int(np.argmax(inc))
+                if inc[j2] > worst:
+                    j1 = int(np.argmin(D[: j2 + 1]))
+                    worst = float(inc[j2])
+                    witness = {
+                        "backlogged": f, "other": g,
+                        "interval": (_time_of(times, rows, j1, t0), _time_of(times, rows, j2, t0)),
+                    }
+    return BoundReport(
+        "DLPM Thm 4.2", bound, worst, _holds(worst, bound), witness, checked,
+        {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "view": view},
+    )
+
+
+def check_dlpm_thm_a1(
+    instance: Instance, trace: Trace, Q_u: float, *, M: int | None = None, printed: bool = True
+) -> BoundReport:
+    """Scan ``trace`` for DLPM Thm A.1: ``|W_i(t1,t2) - K_i * Q_u|`` over every backlogged period
+    of every client, ``t1 < t2`` step ends inside it, ``K_i`` = refill rounds client i received in
+    between (from the policy's logged ``state()["refills"]``; needs ``record_states=True``).
+
+    ``printed=True`` compares with the printed bound ``max(Q_u, U)``; ``printed=False`` with the
+    sound bound ``Q_u + U`` that the identity ``W = K*Q_u + q(t1) - q(t2)`` and
+    ``q in (-U, Q_u]`` give (dlpm.md §4 proof gap). Evaluation points are the step ends inside
+    the period (the counters are logged only at step ends). Weighted DLPM (per-client refill
+    ``Q_u * weight``) is not supported: pass the unweighted policy's traces.
+    """
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    bound = dlpm_thm_a1(Q_u, U) if printed else Q_u + U
+    times_all, clients, cum = service_timeline(trace, instance, "actual")
+    refills = _states_at_steps(trace, "refills")
+    backlog = backlog_intervals(trace)
+    worst, witness, checked = 0.0, {}, 0
+    ends = np.asarray(trace.step_end)
+    for fi, f in enumerate(clients):
+        K = np.array([float((r or {}).get(f, 0)) for r in refills])
+        X = cum[:, fi] - K * Q_u if len(K) else np.zeros(0)
+        for t0, t1 in backlog.get(f, []):
+            idx = np.flatnonzero((ends >= t0) & (ends <= t1))
+            if idx.size < 2:
+                continue
+            checked += 1
+            seg = X[idx]
+            jmax, jmin = int(np.argmax(seg)), int(np.argmin(seg))
+            val = float(seg[jmax] - seg[jmin])
+            if val > worst:
+                a, b = sorted((jmax, jmin))
+                worst = val
+                witness = {
+                    "client": f, "interval": (float(ends[idx[a]]), float(ends[idx[b]])),
+                    "W": float(cum[idx[b], fi] - cum[idx[a], fi]), "K": int(K[idx[b]] - K[idx[a]]),
+                }
+    return BoundReport(
+        "DLPM Thm A.1" + (" (printed max(Q_u,U))" if printed else " (sound Q_u+U)"), bound, worst,
+        _holds(worst, bound), witness, checked, {"L_input": L, "M": m, "U": U, "Q_u": Q_u},
+    )
+
+
+def check_dlpm_deficit_range(
+    instance: Instance, trace: Trace, Q_u: float, *, M: int | None = None
+) -> BoundReport:
+    """Every logged DLPM deficit lies in ``(-U, Q_u]`` (the invariant behind Thm A.1).
+
+    ``worst`` is the largest excursion beyond the range (``max(q - Q_u, -U - q)``; the check holds
+    iff it is ``< 0``, reported as ``worst <= bound`` with ``bound = 0`` after shifting: a value
+    of exactly ``-U`` is a violation). Reads ``state()["deficits"]`` from the state log
+    (``record_states=True``).
+    """
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    tol = 1e-9 * max(1.0, Q_u, U)
+    worst, witness, checked = -math.inf, {}, 0
+    first_bad: dict[str, Any] | None = None
+    for step, st in state_log(trace):
+        for c, q in (st.get("deficits") or {}).items():
+            checked += 1
+            exc = max(q - Q_u, -U - q)
+            if first_bad is None and (q > Q_u + tol or q <= -U):
+                first_bad = {"client": c, "step": step, "deficit": float(q), "range": (-U, Q_u)}
+            if exc > worst:
+                worst, witness = float(exc), {"client": c, "step": step, "deficit": float(q)}
+    if checked == 0:
+        worst = 0.0
+    return BoundReport(
+        "DLPM deficit range (-U, Q_u]", 0.0, worst, first_bad is None, first_bad or witness, checked,
+        {"L_input": L, "M": m, "U": U, "Q_u": Q_u},
+    )
+
+
+def check_dlpm_accounting(
+    instance: Instance, trace: Trace, Q_u: float, *, weights: dict[str, float] | None = None
+) -> BoundReport:
+    """DLPM's counter tracks the actual service exactly: for a client active across step s,
+    ``q(s) - q(s-1) = K_s * Q_u * weight - W(step s)`` (Algorithm 1 lines 11 and 13; the identity
+    behind Thm A.1). ``worst`` = largest absolute residual (cost units); holds iff within float
+    noise. Reads ``deficits`` and ``refills`` from the state log (``record_states=True``); the
+    service of step s from :func:`~prefixsched.theory.metrics.service_timeline` (actual view).
+    """
+    deficits = _states_at_steps(trace, "deficits")
+    refills = _states_at_steps(trace, "refills")
+    _t, clients, cum = service_timeline(trace, instance, "actual")
+    per_step = np.diff(np.vstack([np.zeros((1, cum.shape[1])), cum]), axis=0)
+    wts = weights or {}
+    worst, witness, checked = 0.0, {}, 0
+    for s in range(1, trace.n_steps):
+        q0, q1 = deficits[s - 1] or {}, deficits[s] or {}
+        k0, k1 = refills[s - 1] or {}, refills[s] or {}
+        for fi, f in enumerate(clients):
+            if f not in q0 or f not in q1:
+                continue
+            checked += 1
+            expect = (k1.get(f, 0) - k0.get(f, 0)) * Q_u * wts.get(f, 1.0) - per_step[s, fi]
+            res = abs((q1[f] - q0[f]) - expect)
+            if res > worst:
+                worst, witness = float(res), {"client": f, "step": s, "delta_q": q1[f] - q0[f], "expected": float(expect)}
+    tol = 1e-7 * max(1.0, Q_u, float(cum.max()) if cum.size else 1.0)
+    return BoundReport("DLPM counter accounting", tol, worst, worst <= tol, witness, checked, {"Q_u": Q_u})
+
+
+def check_vtc_counter_spread(
+    instance: Instance, trace: Trace, *, M: int | None = None, bound: float | None = None
+) -> BoundReport:
+    """VTC counters stay close: after every step, ``max - min`` of the counters of the clients
+    that have a waiting request is at most ``bound``.
+
+    Default bound: ``w_e * L_input + w_q * M`` with the output-only ``M``
+    (:func:`batch_output_capacity`). *Derivation (ours; vtc_fastswitch_preble.md §A.4 "DES
+    checks" asks for the spread but states no constant):* a client g is admitted only while its
+    counter is the smallest among waiting clients, the admission adds at most ``w_e*L_input``, and
+    until g is admitted again its counter grows only by the decode of its running requests, at
+    most ``w_q*M``; the lift only raises the smallest counter. This is at most the theorem's
+    ``2*max(w_e*L_input, w_q*M)``. Reads ``state()["counters"]`` from the state log
+    (``record_states=True``). Weighted VTC counters are service/weight: the default bound is for
+    weight 1.
+    """
+    L, m = _params(instance, M)
+    w = instance.weights
+    b = w.w_e * L + w.w_q * m if bound is None else float(bound)
+    counters = _states_at_steps(trace, "counters")
+    waiting = _waiting_after_step(trace)
+    worst, witness, checked = 0.0, {}, 0
+    for s in range(trace.n_steps):
+        c = counters[s] or {}
+        live = sorted(u for u in waiting[s] if u in c)
+        if len(live) < 2:
+            continue
+        checked += 1
+        vals = [c[u] for u in live]
+        spread = max(vals) - min(vals)
+        if spread > worst:
+            worst = float(spread)
+            witness = {"step": s, "high": live[int(np.argmax(vals))], "low": live[int(np.argmin(vals))]}
+    return BoundReport(
+        "VTC counter spread", b, worst, _holds(worst, b), witness, checked, {"L_input": L, "M": m}
+    )
+
+
+def _pending_at_arrival(trace: Trace) -> list[bool]:
+    """For each record: did its client have another request waiting or running when it arrived?
+
+    Request q of the same client (earlier in record order) is pending at r's arrival if it was
+    admitted at or after that time (still waiting when r joined) or finishes strictly after it.
+    """
+    out: list[bool] = []
+    by_client: dict[str, list[Any]] = {}
+    for r in trace.requests:
+        prev = by_client.setdefault(r.client, [])
+        out.append(any(q.admit >= r.arrival or q.finish > r.arrival for q in prev))
+        prev.append(r)
+    return out
+
+
+def check_dlpm_thm_a2_latency(
+    instance: Instance,
+    trace: Trace,
+    Q_u: float,
+    *,
+    M: int | None = None,
+    a: float | None = None,
+    n: int | None = None,
+) -> BoundReport:
+    """Scan ``trace`` for DLPM Thm A.2: a client f that had nothing waiting and nothing running
+    when its request r_f arrived is served within ``2 (n-1) (Q_u + U) / a`` seconds.
+
+    *Decision:* "served" is f's first admission at or after ``A(r_f)``, of r_f or of any request
+    of f that arrived with or after it: when f rejoins with a burst, LPM order may admit another
+    request of the burst first (r_f itself may legitimately wait longer), and the proof bounds the
+    service others receive before f is served at all.
+
+    ``n`` defaults to the number of clients of the instance, ``a`` to
+    :func:`capacity_lower_bound` (measured on the trace). Latencies from the trace's records.
+    """
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    n_clients = len(instance.clients) if n is None else n
+    cap = capacity_lower_bound(instance, trace) if a is None else float(a)
+    # everything free (cap = inf): no positive wait is explained by the theorem
+    bound = 0.0 if math.isinf(cap) else dlpm_thm_a2_latency(n_clients, Q_u, U, cap)
+    pending = _pending_at_arrival(trace)
+    admits: dict[str, np.ndarray] = {}
+    for c in instance.clients:
+        admits[c] = np.sort(np.array([r.admit for r in trace.requests if r.client == c]))
+    worst, witness, checked = 0.0, {}, 0
+    for r, p in zip(trace.requests, pending):
+        if p:
+            continue
+        checked += 1
+        a_c = admits[r.client]
+        first = float(a_c[np.searchsorted(a_c, r.arrival, side="left")])  # exists: r itself
+        lat = first - r.arrival
+        if lat > worst:
+            worst, witness = lat, {"request": r.id, "client": r.client, "arrival": r.arrival, "first_admit": first}
+    return BoundReport(
+        "DLPM Thm A.2 (latency)", bound, worst, _holds(worst, bound), witness, checked,
+        {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "a": cap, "n": n_clients},
+    )
+
+
+def check_all(
+    instance: Instance, trace: Trace, *, Q_u: float | None = None, M: int | None = None
+) -> Sequence[BoundReport]:
+    """Every applicable check for ``trace`` (DLPM ones when ``Q_u`` is given, and the A.1 /
+    deficit checks only if the trace has a state log)."""
+    out = [check_vtc_two_backlogged(instance, trace, M=M)]
+    if Q_u is not None:
+        out += [
+            check_dlpm_thm_4_1(instance, trace, Q_u, M=M),
+            check_dlpm_thm_4_2(instance, trace, Q_u, M=M),
+            check_dlpm_thm_a2_latency(instance, trace, Q_u, M=M),
+        ]
+        if "states" in trace.meta:
+            out += [
+                check_dlpm_thm_a1(instance, trace, Q_u, M=M),
+                check_dlpm_deficit_range(instance, trace, Q_u, M=M),
+            ]
+    return out
