@@ -303,6 +303,7 @@ def cmd_gap(args: argparse.Namespace) -> int:
         time_limit=args.time_limit,
         objective=args.objective,
         progress=not args.no_progress and sys.stderr.isatty(),
+        delta=args.delta,
     )
     print(report.table())
     if args.json is not None:
@@ -453,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policies", nargs="+", default=["fcfs", "lpm", "k-lpm:2", "k-lpm:4", "vtc", "dlpm"], metavar="P")
     s.add_argument("--source", choices=["random", "trace"], default="random")
     s.add_argument("--trace", metavar="FILE", help="trace for --source trace (windows of N consecutive requests)")
-    s.add_argument("--solver", choices=["cpsat", "dp", "z3", "brute"], default="dp")
+    s.add_argument("--solver", choices=["cpsat", "dp", "z3", "brute"], default="dp", help="exact backend (default: %(default)s)")
+    s.add_argument("--delta", type=float, default=None, help="service-gap bound of the fair model (cost units)")
     s.add_argument("--time-limit", type=_positive_float("--time-limit"), default=30.0, metavar="S")
     s.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
     s.add_argument("--json", metavar="OUT")

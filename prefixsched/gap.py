@@ -9,6 +9,10 @@ independent checker, and the ratio ``policy objective / optimum`` is recorded.
 Only instances whose optimum is *proven* (status OPTIMAL, gap 0) enter the statistics; the others
 are counted and reported as unproven, never silently used.
 
+In the ``fair`` model the optimum is taken subject to the service-gap bound ``delta`` (the price of
+fairness); a policy schedule whose own service gap exceeds ``delta`` is counted as a violation and
+gets no ratio (it is not a feasible schedule of that model).
+
 Instance sources (time unit = one uncached token, as in the sequential models):
 
 - ``random``: 2-3 clients; prompts from a small prefix tree (3 groups with shared prefixes of 4-16
@@ -103,6 +107,8 @@ class GapReport:
     proven: int
     unproven: int
     ratios: dict[str, list[float]] = field(default_factory=dict)
+    delta: float | None = None
+    violations: dict[str, int] = field(default_factory=dict)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -129,6 +135,8 @@ class GapReport:
             "unproven_instances": self.unproven,
             "policies": self.stats(),
             "ratios": self.ratios,
+            "delta": self.delta,
+            "delta_violations": {p: self.violations.get(p, 0) for p in self.ratios},
         }
 
     def table(self) -> str:
@@ -136,12 +144,19 @@ class GapReport:
 
         rows = []
         for p, s in self.stats().items():
-            rows.append([p, s["mean"], s["p90"], s["max"], s["optimal_fraction"]])
+            row = [p, s["mean"], s["p90"], s["max"], s["optimal_fraction"]]
+            if self.model == "fair":
+                row.append(self.violations.get(p, 0))
+            rows.append(row)
         head = (
             f"{self.model} model, objective {self.objective}, n={self.n}: {self.proven} instances proven optimal "
             f"by {self.solver}" + (f", {self.unproven} unproven (excluded)" if self.unproven else "")
         )
-        return head + "\n" + _table(["policy", "ratio mean", "ratio P90", "ratio max", "optimal"], rows)
+        headers = ["policy", "ratio mean", "ratio P90", "ratio max", "optimal"]
+        if self.model == "fair":
+            head += f"; delta = {self.delta} (ratios over the schedules that meet it)"
+            headers.append("gap > delta")
+        return head + "\n" + _table(headers, rows)
 
     def plot(self):
         import matplotlib
@@ -174,6 +189,7 @@ def run_gap(
     time_limit: float = 30.0,
     objective: str = "max-ttft",
     progress: bool = False,
+    delta: float | None = None,
 ) -> GapReport:
     """Compute the gap report (module docstring). Raises InputError on bad arguments."""
     from tqdm import tqdm
@@ -181,10 +197,13 @@ def run_gap(
     from prefixsched.reference.policies import create
     from prefixsched.reference.sequential_runner import run_sequential
     from prefixsched.theory.exact import solve
-    from prefixsched.theory.sequential import SeqInstance, evaluate, objective_value
+    from prefixsched.theory.sequential import SeqInstance, evaluate, objective_value, service_gap
 
     if model == "fair":
-        raise InputError("--model", "gap compares unconstrained objectives; use prev or radix (solve --model fair for the price of fairness)")
+        if delta is None:
+            raise InputError("--delta", "the fair model needs the service-gap bound --delta (cost units)")
+    elif delta is not None:
+        raise InputError("--delta", f"only the fair model takes --delta (model is {model!r})")
     for spec in policies:
         create(spec)  # validates names early
     rng = np.random.default_rng(seed)
@@ -196,9 +215,12 @@ def run_gap(
         insts = [random_instance(n, rng) for _ in range(instances)]
     else:
         raise InputError("--source", f"must be random or trace, got {source!r}")
-    report = GapReport(model=model, objective=objective, n=n, solver=solver, proven=0, unproven=0, ratios={p: [] for p in policies})
+    report = GapReport(
+        model=model, objective=objective, n=n, solver=solver, proven=0, unproven=0,
+        ratios={p: [] for p in policies}, delta=delta,
+    )
     for inst in tqdm(insts, desc="instances", file=__import__("sys").stderr, disable=not progress, leave=False):
-        res = solve(inst, model=model, objective=objective, solver=solver, time_limit=time_limit)
+        res = solve(inst, model=model, objective=objective, solver=solver, time_limit=time_limit, delta=delta)
         if not res.optimal:
             report.unproven += 1
             continue
@@ -207,7 +229,11 @@ def run_gap(
         seq = SeqInstance.from_instance(inst)
         for spec in policies:
             order = run_sequential(inst, create(spec, seed=seed), model=model)
-            val = float(objective_value(evaluate(seq, order, model), objective))
+            sched = evaluate(seq, order, model)
+            if model == "fair" and service_gap(seq, sched) > float(delta) + 1e-9:
+                report.violations[spec] = report.violations.get(spec, 0) + 1
+                continue
+            val = float(objective_value(sched, objective))
             if val < opt - 1e-6:
                 raise AssertionError(
                     f"policy {spec} beat the proven optimum ({val} < {opt}) on an instance: solver or checker bug"

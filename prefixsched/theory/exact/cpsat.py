@@ -430,8 +430,8 @@ def solve_cpsat(
         Unknown model/objective, missing or spurious ``bound``, bad ``time_limit``/``workers``,
         a hint that is not a permutation, or data that cannot be made integral.
     SolverLimitError
-        ``n > MAX_N`` (use the greedy orders or the simulator), or model ``fair`` (use ``dp``,
-        ``z3`` or ``brute``).
+        ``n > MAX_N`` (use the greedy orders or the simulator), or model ``fair`` (use ``dp``
+        or ``brute``).
     CheckerError
         The replayed schedule disagrees with the model (a bug).
     """
@@ -443,7 +443,7 @@ def solve_cpsat(
     if model not in _SUPPORTED_MODELS:
         raise SolverLimitError(
             f"cpsat does not support model {model!r} (its service-gap constraint is not encoded); "
-            f"use solver='dp' or 'z3' (small n) or 'brute' (tiny n)"
+            f"use solver='dp' (n <= 14) or 'brute' (n <= 8); z3 does not encode it either"
         )
     if objective == "ttft-feasible":
         if bound is None:
