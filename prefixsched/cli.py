@@ -333,8 +333,12 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     cert: dict[str, Any] = {"T": red.T, "queries": len(red.instance.requests), "three_partition": None}
     if triples is not None:
         order = red.schedule_from_partition(triples)
-        cert["three_partition"] = [list(t) for t in triples]
+        cert["three_partition"] = [list(t) for t in tp.values_of(triples)]
+        cert["three_partition_indices"] = [list(t) for t in triples]
         cert["schedule"] = list(order)
+        # the certificate goes through the independent checker before it is reported
+        if not red.meets_bound(order):
+            raise AssertionError("certificate schedule misses T: reduction or checker bug")
     if args.json is not None:
         write_json(args.json, red.instance.to_dict())
     if args.certificate_json:
@@ -344,7 +348,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
         if triples is None:
             print("3-PARTITION: no solution (proven), so no schedule meets T")
         else:
-            print("3-PARTITION: " + " | ".join(" ".join(str(v) for v in t) for t in triples))
+            print("3-PARTITION: " + " | ".join(" ".join(str(v) for v in t) for t in tp.values_of(triples)))
             print("certificate schedule meeting T: " + " ".join(cert["schedule"]))
         if args.json is not None:
             print(f"instance written to {args.json}")
@@ -475,9 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--certificate-json", action="store_true", help="print T and the certificate as JSON")
     s.set_defaults(func=cmd_reduce)
 
-    s = sub.add_parser("family", help="write a member of an adversarial instance family")
-    s.add_argument("name", metavar="NAME")
-    s.add_argument("--n", type=_positive_int("--n"), default=8)
+    s = sub.add_parser(
+        "family",
+        help="write a member of an adversarial instance family",
+        description="Write one member of an adversarial instance family (token units, JSON instance format). "
+        "Families: lpm-starvation (a cold request's TTFT under LPM grows with n), fcfs-no-reuse (FCFS's ratio "
+        "to the optimum grows with the shared-prefix length), vtc-locality (VTC's throughput falls against LPM), "
+        "d2lpm-infinite-qw (D2LPM Thm A.5: infinite Q_w is unfair), klpm-definition4 (k-LPM paper Definition 4; "
+        "--n users). Growth formulas are in prefixsched/reductions/families.py.",
+    )
+    s.add_argument("name", metavar="NAME", help="family name (see above)")
+    s.add_argument("--n", type=_positive_int("--n"), default=8, help="size parameter of the family (default: %(default)s)")
     s.add_argument("--out", metavar="FILE", help="instance JSON (stdout if omitted)")
     s.set_defaults(func=cmd_family)
     return p
