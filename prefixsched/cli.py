@@ -33,30 +33,27 @@ DEFAULT_POLICIES = ("fcfs", "lpm", "k-lpm", "vtc", "dlpm")
 # helpers
 
 
-def _positive_int(name: str):
+def _int_at_least(name: str, minimum: int):
+    """argparse type: an integer >= ``minimum``; the error names the option and the value."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name}: must be an integer, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}: must be >= 1, got {v}")
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name}: must be >= {minimum}, got {v}")
         return v
 
     return parse
+
+
+def _positive_int(name: str):
+    return _int_at_least(name, 1)
 
 
 def _nonneg_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: must be an integer, got {text!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name}: must be >= 0, got {v}")
-        return v
-
-    return parse
+    return _int_at_least(name, 0)
 
 
 def _positive_float(name: str, allow_inf: bool = False):

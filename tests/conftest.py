@@ -6,8 +6,8 @@ hypothesis's own ``pytest --hypothesis-profile=NAME``:
 
 - ``dev``  : local default. 25 examples, no deadline (2 shared cores), example database on.
 - ``ci``   : extends hypothesis's built-in ``ci`` profile (derandomize=True, database=None,
-  print_blob=True, too_slow suppressed) with deadline=None and 25 examples, so CI is
-  reproducible and quick.
+  print_blob=True, too_slow suppressed) with deadline=None and 50 examples (twice dev's), so CI is
+  reproducible and still well under its time budget.
 - ``deep`` : nightly / before a release: 1000 examples, ``stateful_step_count=200``, no
   deadline, derandomize off (new examples every run).
 
@@ -29,7 +29,7 @@ settings.register_profile("dev", max_examples=25, deadline=None, suppress_health
 settings.register_profile(
     "ci",
     settings.get_profile("ci"),
-    max_examples=25,
+    max_examples=50,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
