@@ -162,8 +162,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     show = not args.no_progress and sys.stderr.isatty()
     results = []
     traces = []
+    D = args.workers
+    if D > 1 and args.plot is not None:
+        raise InputError("--plot", "per-policy plots are single-worker only; drop --plot or use --workers 1")
+    dispatch_spec = args.dispatch or "d2lpm"
     for spec, pol in zip(specs, policies):
         bar, update = _progress(len(inst.requests), spec, show)
+        if D > 1:
+            from prefixsched.reference.cluster import create_dispatcher, simulate_cluster, summarize_cluster
+
+            try:
+                ct = simulate_cluster(
+                    inst,
+                    lambda spec=spec: create(spec, quantum=args.quantum, k=args.k, seed=args.seed),
+                    create_dispatcher(dispatch_spec, q_w=args.q_w),
+                    workers=D,
+                    seed=args.seed,
+                    progress=update,
+                )
+            finally:
+                bar.close()
+            for w in range(D):  # every worker's schedule is replayed by the independent checker
+                sub = ct.sub_instance(w)
+                if sub is not None:
+                    check_trace(sub, ct.traces[w])
+            summary = summarize_cluster(ct)
+            results.append(
+                {"policy": spec, "params": ct.traces[0].policy, "dispatcher": ct.dispatcher, "workers": D, "summary": summary}
+            )
+            continue
         try:
             trace = simulate(inst, pol, seed=args.seed, progress=update)
         finally:
@@ -193,6 +220,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"{len(inst.requests)} requests, {n_clients} clients, "
         + ", ".join(f"{k}={v}" for k, v in source.items())
         + f", seed={args.seed}"
+        + (f", workers={D}, dispatch={results[0]['dispatcher']['name'] if results else dispatch_spec}" if D > 1 else "")
     )
     print(_table(headers, rows))
     print(
@@ -201,7 +229,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "(w_e*extend + w_q*output) between two continuously backlogged clients."
     )
     out = {
-        "input": {**source, "requests": len(inst.requests), "clients": list(inst.clients), "seed": args.seed},
+        "input": {**source, "requests": len(inst.requests), "clients": list(inst.clients), "seed": args.seed,
+                  **({"workers": D, "dispatch": dispatch_spec} if D > 1 else {})},
         "results": results,
     }
     if args.json is not None:
@@ -416,6 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT ('-' for stdout)")
     s.add_argument("--plot", metavar="OUT.png", help="per-client cumulative service curves and TTFT CDFs, one row per policy")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--workers", type=_positive_int("--workers"), default=1, metavar="D",
+        help="data-parallel workers (default: %(default)s); each has its own cache and the instance's limits, "
+        "and every worker's trace is replayed by the checker; the row then holds cluster-wide metrics",
+    )
+    s.add_argument(
+        "--dispatch", default=None, metavar="NAME",
+        help="global dispatcher when D > 1: d2lpm (default), d2lpm:Q_W, round-robin, client-round-robin, "
+        "least-load, preble (ignored with one worker)",
+    )
+    s.add_argument(
+        "--q-w", type=_positive_float("--q-w", allow_inf=True), default=None,
+        help="D2LPM worker quantum Q_w in cost units, or 'inf' (dispatcher default if omitted)",
+    )
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("policies", help="list the policy registry", description="List every registered policy (built-in and entry-point plugins).")

@@ -241,3 +241,87 @@ def test_vtc_checker_worst_equals_the_metric_for_any_policy(inst):
     # the premise scan and the metric agree for any policy (no hidden re-computation)
     t = simulate(inst, create("fcfs"))
     assert B.check_vtc_two_backlogged(inst, t).worst == max_service_gap(t, inst, "client")["value"]
+
+
+# ---------------------------------------------------------------------------------------------
+# D²LPM (clusters)
+
+
+def _cluster(inst, spec, D, Q, record=False):
+    from prefixsched.reference.cluster import simulate_cluster
+
+    return simulate_cluster(inst, lambda: create("dlpm", quantum=Q), spec, workers=D, record_states=record)
+
+
+def test_d2lpm_thm_5_1_5_2_scans_match_brute_force_over_every_interval():
+    from prefixsched.theory.metrics import cluster_service_timeline
+
+    inst = make_three_client_instance()
+    ct = _cluster(inst, "round-robin", 2, 3.0)
+    times, clients, cum = cluster_service_timeline(ct.traces, inst, clients=inst.clients)
+    ends = times.tolist()
+
+    def W(c, x):
+        idx = np.searchsorted(times, x, side="right")
+        return 0.0 if idx == 0 else float(cum[idx - 1, clients.index(c)])
+
+    backlog = backlog_intervals(ct.merged_trace())
+    b51 = b52 = 0.0
+    for f, ivs in backlog.items():
+        for t0, t1 in ivs:
+            pts = [t0] + [x for x in ends if t0 < x <= t1]
+            for g in clients:
+                if g == f:
+                    continue
+                for i, a in enumerate(pts):
+                    for b in pts[i + 1 :]:
+                        d = (W(g, b) - W(g, a)) - (W(f, b) - W(f, a))
+                        b52 = max(b52, d)
+                        # both backlogged on [a, b)?
+                        if any(s <= a and b <= e for s, e in backlog[g]):
+                            b51 = max(b51, abs(d))
+    r51 = B.check_d2lpm_thm_5_1(inst, ct, 1.0)
+    r52 = B.check_d2lpm_thm_5_2(inst, ct, 1.0)
+    assert r51.checked > 0 and r52.checked > 0
+    assert r51.worst == pytest.approx(b51) and r52.worst == pytest.approx(b52)
+    assert b52 > 0
+
+
+def test_d2lpm_one_worker_checks_equal_the_dlpm_checks():
+    inst = make_three_client_instance()
+    Q = 5.0
+    ct = _cluster(inst, "d2lpm", 1, Q, record=True)
+    t = ct.traces[0]
+    assert B.check_d2lpm_thm_5_1(inst, ct, Q).worst == pytest.approx(B.check_dlpm_thm_4_1(inst, t, Q).worst)
+    assert B.check_d2lpm_thm_5_2(inst, ct, Q).worst == pytest.approx(B.check_dlpm_thm_4_2(inst, t, Q).worst)
+    assert B.check_d2lpm_thm_a4_latency(inst, ct, Q).worst == pytest.approx(B.check_dlpm_thm_a2_latency(inst, t, Q).worst)
+    a3 = B.check_d2lpm_thm_a3(inst, ct, Q, printed=False)
+    assert a3.bound == pytest.approx(B.check_dlpm_thm_a1(inst, t, Q, printed=False).bound)
+
+
+def test_d2lpm_checks_fire_when_one_worker_serves_a_backlogged_client_alone():
+    # the Thm A.5 counterexample (pure locality, Q_w = inf): Thm 5.1 and 5.2 are violated
+    import dataclasses
+
+    from prefixsched.reductions.families import d2lpm_infinite_qw
+
+    inst = d2lpm_infinite_qw(128, prefix=256, suffix=64, output_len=1)
+    inst = dataclasses.replace(inst, limits=dataclasses.replace(inst.limits, max_running_requests=1))
+    ct = _cluster(inst, "d2lpm:inf", 4, 500.0)
+    r51, r52 = B.check_d2lpm_thm_5_1(inst, ct, 500.0), B.check_d2lpm_thm_5_2(inst, ct, 500.0)
+    assert not r51.holds and not r52.holds
+    assert r52.witness["backlogged"] == "f" and r52.witness["other"] == "g"
+    assert "VIOLATED" in str(r51)
+
+
+@given(inst=WORKLOADS, f=Q_FACTORS, D=st.integers(2, 3), qw=st.sampled_from([0.5, 2.0]))
+def test_d2lpm_satisfies_thm_5_1_5_2_a3_sound_a4(inst, f, D, qw):
+    U = B.dlpm_U(B.max_input_tokens(inst), B.batch_output_capacity(inst))
+    Q = f * U
+    ct = _cluster(inst, f"d2lpm:{qw * U}", D, Q, record=True)
+    reps = B.check_d2lpm_all(inst, ct, Q)
+    assert len(reps) == 5
+    for rep in reps:
+        if "printed" in rep.name:
+            continue  # Thm A.1's printed constant is false (INV-16); A.3 inherits it
+        assert rep.holds, str(rep)

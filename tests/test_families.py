@@ -142,14 +142,38 @@ def test_d2lpm_infinite_qw_instance_shape() -> None:
     assert {len(r.prompt) for r in inst.requests} == {36}
 
 
+def _a5_cluster(n: int, spec: str):
+    """Thm A.5's instance on 4 workers with one running slot each (so queues build up), local
+    DLPM with Q_u = 500; returns the cluster run and the Thm 5.1 report."""
+    import dataclasses
+
+    from prefixsched.reference.cluster import simulate_cluster
+    from prefixsched.reference.policies import create
+    from prefixsched.theory.bounds import check_d2lpm_thm_5_1
+
+    inst = d2lpm_infinite_qw(n, prefix=256, suffix=64, output_len=1)
+    inst = dataclasses.replace(inst, limits=dataclasses.replace(inst.limits, max_running_requests=1))
+    ct = simulate_cluster(inst, lambda: create("dlpm", quantum=500), spec, workers=4)
+    return ct, check_d2lpm_thm_5_1(inst, ct, 500.0)
+
+
 def test_d2lpm_infinite_qw_gap_grows_on_cluster() -> None:
-    try:
-        import prefixsched.reference.cluster as cluster  # noqa: F401
-    except ModuleNotFoundError:
-        pytest.skip("prefixsched.reference.cluster (D2LPM) does not exist yet; the Thm A.5 "
-                    "measurement needs it (the instance itself is tested above)")
-    pytest.skip("cluster API not wired into this test yet: measure max_service_gap(f, g) with "
-                "quantum_w=inf on d2lpm_infinite_qw(n) for n = 8, 32 and check it grows")
+    """Thm A.5: with Q_w = inf all of f goes to the worker holding its prefix, g spreads over the
+    others, and the service gap between the two backlogged clients grows linearly with n until
+    it exceeds Thm 5.1's bound 2|W|(U + Q_u); with a finite Q_w it stays within the bound."""
+    gaps = {}
+    for n in (8, 32, 128):
+        ct, rep = _a5_cluster(n, "d2lpm:inf")
+        assert {ct.dispatch[f"f{i}"] for i in range(n)} == {0}  # pure locality: f pinned to one worker
+        assert {ct.dispatch[f"g{i}"] for i in range(n)} == {1, 2, 3}
+        assert rep.checked == 1 and rep.witness["pair"] == ("g", "f")
+        gaps[n] = rep.worst
+        _ct, fin = _a5_cluster(n, "d2lpm:2000")
+        assert fin.holds and fin.checked == 1, str(fin)
+    assert gaps[8] < gaps[32] < gaps[128]
+    assert gaps[128] > 3 * gaps[32] > 9 * gaps[8]  # linear growth (about 129 cost units per request)
+    _ct, rep = _a5_cluster(128, "d2lpm:inf")
+    assert not rep.holds and rep.worst > 2 * rep.bound
 
 
 # ---------------------------------------------------------------------------------------------

@@ -196,6 +196,10 @@ class RadixCache:
         Tokens per page (>= 1). Every page key stands for ``page_size`` tokens.
     on_match_change:
         Optional ``callback(wid, new_pages)`` for watched waiters (see :meth:`watch`).
+    on_evict:
+        Optional ``callback(leaf, parent)`` called once per evicted leaf, right after it is unlinked
+        and before anything else changes: ``parent``'s path is still intact, so the callee can read
+        which pages went (D²LPM's ON_EVICT stream). It must not mutate the cache.
 
     Raises
     ------
@@ -209,6 +213,7 @@ class RadixCache:
         page_size: int = 1,
         *,
         on_match_change: Callable[[Hashable, int], None] | None = None,
+        on_evict: Callable[[TreeNode, TreeNode], None] | None = None,
     ) -> None:
         _check_count("capacity_tokens", capacity_tokens)
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
@@ -216,6 +221,7 @@ class RadixCache:
         self.capacity_tokens = capacity_tokens
         self.page_size = page_size
         self.on_match_change = on_match_change
+        self.on_evict = on_evict
         self.stats = CacheStats()
         self._next_id = 1
         self._clock = 0
@@ -498,6 +504,8 @@ class RadixCache:
             self._evictable_pages -= size
             evicted += size * ps
             self._drop_waiters(x, parent)
+            if self.on_evict is not None:
+                self.on_evict(x, parent)
             if parent is not root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access, parent.id, parent))  # heap is self._heap
         self.stats.evicted_tokens += evicted

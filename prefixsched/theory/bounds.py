@@ -60,14 +60,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from prefixsched.errors import InputError
-from prefixsched.theory.metrics import backlog_intervals, max_service_gap, service_timeline
+from prefixsched.theory.metrics import (
+    backlog_intervals,
+    cluster_service_timeline,
+    max_service_gap,
+    service_timeline,
+)
 from prefixsched.theory.model import Instance
 from prefixsched.theory.trace import Trace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prefixsched.reference.cluster import ClusterTrace
 
 __all__ = [
     "BoundReport",
@@ -96,6 +104,11 @@ __all__ = [
     "check_dlpm_accounting",
     "check_all",
     "state_log",
+    "check_d2lpm_thm_5_1",
+    "check_d2lpm_thm_5_2",
+    "check_d2lpm_thm_a3",
+    "check_d2lpm_thm_a4_latency",
+    "check_d2lpm_all",
 ]
 
 
@@ -721,4 +734,241 @@ def check_all(
                 check_dlpm_thm_a1(instance, trace, Q_u, M=M),
                 check_dlpm_deficit_range(instance, trace, Q_u, M=M),
             ]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# D²LPM (clusters): the same scans over the cluster-wide service W_i = sum_w W_{i,w}
+#
+# Conventions (decided here): service curves from
+# :func:`~prefixsched.theory.metrics.cluster_service_timeline` (every worker's step ends, merged);
+# a client is *backlogged* while one of its requests waits on any worker (arrived, not admitted:
+# the union of [arrival, admit) over its requests, from ``ClusterTrace.merged_trace()``); ``U``
+# uses the per-worker limits (each worker has the instance's limits), so ``M`` is one worker's
+# batch capacity; ``|W|`` = ``cluster_trace.workers``. The D²LPM proofs assume a backlogged client
+# is backlogged on *every* worker (dlpm.md §4, Thm 5.1); the checks do not assume it: they scan
+# every interval where the clients are backlogged cluster-wide, which is what the theorem claims.
+
+
+def _cluster_curves(
+    instance: Instance, ct: "ClusterTrace", view: str
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, dict[str, list[tuple[float, float]]]]:
+    times, clients, cum = cluster_service_timeline(ct.traces, instance, view, clients=instance.clients)
+    ext = np.vstack([np.zeros((1, cum.shape[1])), cum])
+    backlog = backlog_intervals(ct.merged_trace())
+    return times, clients, ext, backlog
+
+
+def _intersect_periods(
+    a: list[tuple[float, float]], b: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """Intersection of two sorted lists of disjoint half-open periods (two pointers)."""
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        s, e = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if e > s:
+            out.append((s, e))
+        if a[i][1] <= b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def check_d2lpm_thm_5_1(
+    instance: Instance, cluster_trace: "ClusterTrace", Q_u: float, *, M: int | None = None, view: str = "actual"
+) -> BoundReport:
+    """Scan a cluster run for D²LPM Thm 5.1 (:func:`d2lpm_thm_5_1`): the largest
+    ``|W_f(t1,t2) - W_g(t1,t2)|`` (cluster-wide service) over pairs f, g both backlogged on
+    ``[t1, t2)``, bound ``2 |W| (U + Q_u)``. Evaluation points as
+    :func:`~prefixsched.theory.metrics.max_service_gap` (``W(T0)`` and every distinct step end of
+    any worker in ``(T0, T1]``). ``Q_u`` is the workers' local DLPM quantum."""
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    D = cluster_trace.workers
+    bound = d2lpm_thm_5_1(Q_u, U, D)
+    times, clients, ext, backlog = _cluster_curves(instance, cluster_trace, view)
+    worst, witness, checked = 0.0, {}, 0
+    for fi, f in enumerate(clients):
+        for gi in range(fi + 1, len(clients)):
+            g = clients[gi]
+            periods = _intersect_periods(backlog.get(f, []), backlog.get(g, []))
+            if periods:
+                checked += 1
+            for t0, t1 in periods:
+                rows = _eval_rows(times, t0, t1)
+                d = ext[rows, fi] - ext[rows, gi]
+                jmax, jmin = int(np.argmax(d)), int(np.argmin(d))
+                val = float(d[jmax] - d[jmin])
+                if val > worst:
+                    j1, j2 = min(jmax, jmin), max(jmax, jmin)
+                    more_f = d[j2] > d[j1]
+                    worst = val
+                    witness = {
+                        "pair": (f, g) if more_f else (g, f),
+                        "interval": (_time_of(times, rows, j1, t0), _time_of(times, rows, j2, t0)),
+                    }
+    return BoundReport(
+        "D2LPM Thm 5.1", bound, worst, _holds(worst, bound), witness, checked,
+        {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "workers": D, "view": view},
+    )
+
+
+def check_d2lpm_thm_5_2(
+    instance: Instance, cluster_trace: "ClusterTrace", Q_u: float, *, M: int | None = None, view: str = "actual"
+) -> BoundReport:
+    """Scan a cluster run for D²LPM Thm 5.2 (:func:`d2lpm_thm_5_2`): for every client f, every
+    cluster-wide backlogged period of f and every other client g, the largest
+    ``W_g(t1,t2) - W_f(t1,t2)`` (one-sided, as :func:`check_dlpm_thm_4_2`), bound
+    ``2 (U + Q_u) |W|``."""
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    D = cluster_trace.workers
+    bound = d2lpm_thm_5_2(Q_u, U, D)
+    times, clients, ext, backlog = _cluster_curves(instance, cluster_trace, view)
+    worst, witness, checked = 0.0, {}, 0
+    for fi, f in enumerate(clients):
+        for t0, t1 in backlog.get(f, []):
+            rows = _eval_rows(times, t0, t1)
+            for gi, g in enumerate(clients):
+                if gi == fi:
+                    continue
+                checked += 1
+                d = ext[rows, gi] - ext[rows, fi]
+                inc = d - np.minimum.accumulate(d)
+                j2 = int(np.argmax(inc))
+                if inc[j2] > worst:
+                    j1 = int(np.argmin(d[: j2 + 1]))
+                    worst = float(inc[j2])
+                    witness = {
+                        "backlogged": f, "other": g,
+                        "interval": (_time_of(times, rows, j1, t0), _time_of(times, rows, j2, t0)),
+                    }
+    return BoundReport(
+        "D2LPM Thm 5.2", bound, worst, _holds(worst, bound), witness, checked,
+        {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "workers": D, "view": view},
+    )
+
+
+def check_d2lpm_thm_a3(
+    instance: Instance, cluster_trace: "ClusterTrace", Q_u: float, *, M: int | None = None, printed: bool = True
+) -> BoundReport:
+    """Scan a cluster run for D²LPM Thm A.3: ``|sum_w k_{i,w} Q_u - W_i(t1,t2)|`` over every
+    cluster-wide backlogged period of every client and ``t1 < t2`` among the step ends (of any
+    worker) inside it; ``k_{i,w}`` = local DLPM refills of client i on worker w in between (each
+    worker's ``state()["refills"]`` log: run with ``record_states=True``).
+
+    ``printed=True``: bound ``max(Q_u, U) |W|`` as printed; ``printed=False``: the sound
+    ``(Q_u + U) |W|`` (Thm A.1's gap, per worker, summed; see :func:`check_dlpm_thm_a1`)."""
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    D = cluster_trace.workers
+    bound = d2lpm_thm_a3(Q_u, U, D) if printed else (Q_u + U) * D
+    times, clients, ext, backlog = _cluster_curves(instance, cluster_trace, "actual")
+    cum = ext[1:]
+    K = np.zeros((times.size, len(clients)))
+    for t in cluster_trace.traces:
+        if not t.requests:
+            continue
+        refills = _states_at_steps(t, "refills")
+        kw = np.array([[float((r or {}).get(c, 0)) for c in clients] for r in refills]).reshape(-1, len(clients))
+        rows = np.searchsorted(np.asarray(t.step_end), times, side="right") - 1
+        ok = rows >= 0
+        K[ok] += kw[rows[ok]]
+    worst, witness, checked = 0.0, {}, 0
+    for fi, f in enumerate(clients):
+        X = cum[:, fi] - K[:, fi] * Q_u
+        for t0, t1 in backlog.get(f, []):
+            lo = int(np.searchsorted(times, t0, side="left"))
+            hi = int(np.searchsorted(times, t1, side="right"))
+            if hi - lo < 2:
+                continue
+            checked += 1
+            seg = X[lo:hi]
+            jmax, jmin = int(np.argmax(seg)), int(np.argmin(seg))
+            val = float(seg[jmax] - seg[jmin])
+            if val > worst:
+                a, b = sorted((jmax, jmin))
+                worst = val
+                witness = {
+                    "client": f, "interval": (float(times[lo + a]), float(times[lo + b])),
+                    "W": float(cum[lo + b, fi] - cum[lo + a, fi]), "K": int(K[lo + b, fi] - K[lo + a, fi]),
+                }
+    return BoundReport(
+        "D2LPM Thm A.3" + (" (printed max(Q_u,U)|W|)" if printed else " (sound (Q_u+U)|W|)"), bound, worst,
+        _holds(worst, bound), witness, checked, {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "workers": D},
+    )
+
+
+def check_d2lpm_thm_a4_latency(
+    instance: Instance,
+    cluster_trace: "ClusterTrace",
+    Q_u: float,
+    *,
+    M: int | None = None,
+    a: float | None = None,
+    n: int | None = None,
+) -> BoundReport:
+    """Scan a cluster run for D²LPM Thm A.4: a client with nothing waiting and nothing running
+    on *any* worker when its request arrives is served (its first admission, on any worker, at
+    or after that arrival; same decision as :func:`check_dlpm_thm_a2_latency`) within
+    ``(n-1) |W| (2U + 2Q_u) / a`` seconds.
+
+    ``a`` defaults to the smallest :func:`capacity_lower_bound` over the workers (each on its
+    sub-instance), ``n`` to the number of clients."""
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    D = cluster_trace.workers
+    n_clients = len(instance.clients) if n is None else n
+    if a is None:
+        caps = [
+            capacity_lower_bound(sub, t)
+            for k, t in enumerate(cluster_trace.traces)
+            if (sub := cluster_trace.sub_instance(k)) is not None
+        ]
+        cap = min(caps) if caps else math.inf
+    else:
+        cap = float(a)
+    bound = 0.0 if math.isinf(cap) else d2lpm_thm_a4(n_clients, Q_u, U, cap, D)
+    merged = cluster_trace.merged_trace()
+    pending = _pending_at_arrival(merged)
+    admits: dict[str, np.ndarray] = {}
+    for c in instance.clients:
+        admits[c] = np.sort(np.array([r.admit for r in merged.requests if r.client == c]))
+    worst, witness, checked = 0.0, {}, 0
+    for r, p in zip(merged.requests, pending):
+        if p:
+            continue
+        checked += 1
+        a_c = admits[r.client]
+        first = float(a_c[np.searchsorted(a_c, r.arrival, side="left")])
+        lat = first - r.arrival
+        if lat > worst:
+            worst, witness = lat, {"request": r.id, "client": r.client, "arrival": r.arrival, "first_admit": first}
+    return BoundReport(
+        "D2LPM Thm A.4 (latency)", bound, worst, _holds(worst, bound), witness, checked,
+        {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "a": cap, "n": n_clients, "workers": D},
+    )
+
+
+def check_d2lpm_all(
+    instance: Instance, cluster_trace: "ClusterTrace", Q_u: float, *, M: int | None = None
+) -> Sequence[BoundReport]:
+    """Thm 5.1, 5.2 and A.4 for a cluster run with local DLPM (quantum ``Q_u``), plus Thm A.3
+    (printed and sound) if the worker traces have state logs."""
+    out = [
+        check_d2lpm_thm_5_1(instance, cluster_trace, Q_u, M=M),
+        check_d2lpm_thm_5_2(instance, cluster_trace, Q_u, M=M),
+        check_d2lpm_thm_a4_latency(instance, cluster_trace, Q_u, M=M),
+    ]
+    if cluster_trace.traces and all("states" in t.meta for t in cluster_trace.traces):
+        out += [
+            check_d2lpm_thm_a3(instance, cluster_trace, Q_u, M=M, printed=True),
+            check_d2lpm_thm_a3(instance, cluster_trace, Q_u, M=M, printed=False),
+        ]
     return out

@@ -50,6 +50,7 @@ __all__ = [
     "jain_over_active_window",
     "per_client_totals",
     "summarize",
+    "cluster_service_timeline",
 ]
 
 _VIEWS = ("actual", "client")
@@ -603,3 +604,72 @@ def summarize(trace: Trace, instance_weights: ServiceWeights | Instance | None =
         },
         "per_client": per_client_totals(arr, w),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# clusters (several workers, one trace each)
+
+
+def cluster_service_timeline(
+    traces: Sequence[Trace],
+    weights: ServiceWeights | Instance | None = None,
+    view: str = "actual",
+    *,
+    clients: Sequence[str] | None = None,
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
+    """Per-client cumulative service summed over the workers of a cluster, at the union of the
+    workers' step ends (D²LPM Thm 5.1: ``W_i = sum_w W_{i,w}``; dlpm.md §4).
+
+    Each worker's service follows the single-trace attribution (module docstring): it jumps at
+    that worker's step ends. ``cumulative[k, f]`` = service of client f delivered by every step
+    of every worker ending at or before ``times[k]``; so ``W_f(t1, t2)`` is again the service of
+    steps ending in ``(t1, t2]``.
+
+    Parameters
+    ----------
+    traces:
+        One :class:`Trace` per worker (``ClusterTrace.traces``); traces without requests add
+        nothing.
+    weights, view:
+        As :func:`service_timeline`.
+    clients:
+        Column order; default: order of first appearance over the traces' records (worker by
+        worker). Clients that appear in no trace get a zero column; a client of a trace missing
+        from an explicit ``clients`` raises.
+
+    Returns
+    -------
+    times:
+        Distinct step ends of all workers, sorted, shape ``(K,)``, seconds.
+    clients:
+        Column names.
+    cumulative:
+        Shape ``(K, C)``, cost units.
+
+    Raises
+    ------
+    InputError
+        Unknown ``view``, step indices outside a trace, or a client missing from ``clients``.
+    """
+    w = _weights(weights)
+    arrs = [trace_arrays(t) for t in traces]
+    if clients is None:
+        names = tuple(dict.fromkeys(c for a in arrs for c in a.clients))
+    else:
+        names = tuple(clients)
+    col = {c: k for k, c in enumerate(names)}
+    ends = [a.step_end for a in arrs if len(a.ids)]
+    times = np.unique(np.concatenate(ends)) if ends else np.empty(0)
+    out = np.zeros((times.size, len(names)))
+    for a in arrs:
+        if not len(a.ids):
+            continue
+        missing = [c for c in a.clients if c not in col]
+        if missing:
+            raise InputError("clients", f"client {missing[0]!r} of a worker trace is not listed")
+        cum = _service_matrix(a, w, view)
+        rows = np.searchsorted(a.step_end, times, side="right") - 1
+        ok = rows >= 0
+        cols = np.array([col[c] for c in a.clients], dtype=np.int64)
+        out[np.ix_(np.flatnonzero(ok), cols)] += cum[rows[ok]]
+    return times, names, out
