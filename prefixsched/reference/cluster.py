@@ -57,6 +57,7 @@ from prefixsched.reference.policies.base import Policy
 from prefixsched.reference.simulator import Worker
 from prefixsched.theory.model import Instance, Request, page_keys
 from prefixsched.theory.trace import RequestRecord, Trace
+from prefixsched.theory.metrics import summarize_cluster  # re-exported; metrics live in theory.metrics
 
 __all__ = [
     "Dispatcher",
@@ -767,88 +768,3 @@ def simulate_cluster(
 # cluster-wide metrics row
 
 
-def summarize_cluster(cluster_trace: ClusterTrace) -> dict[str, Any]:
-    """The CLI's metrics row for a cluster run, with the keys of
-    :func:`prefixsched.theory.metrics.summarize` computed cluster-wide, plus ``workers``,
-    ``dispatcher`` and ``requests_per_worker``.
-
-    Per-request metrics (latencies, throughput, hit rate, per-client totals) come from
-    :meth:`ClusterTrace.merged_trace`. Service curves come from
-    :func:`~prefixsched.theory.metrics.cluster_service_timeline` (every worker's step ends):
-    ``jain``/``jain_actual`` over the window in which all clients are active (the same window
-    rule as :func:`~prefixsched.theory.metrics.jain_over_active_window`: latest first arrival to
-    earliest last finish), and ``max_service_gap`` = the largest ``|W_f - W_g|`` over pairs
-    backlogged (waiting on any worker) on a common interval, actual view: the premise scan of
-    :func:`~prefixsched.theory.bounds.check_d2lpm_thm_5_1`. ``n_steps`` is the sum over workers.
-    """
-    import numpy as np
-
-    from prefixsched.theory.bounds import check_d2lpm_thm_5_1
-    from prefixsched.theory.metrics import (
-        cluster_service_timeline,
-        hit_rate,
-        jain_index,
-        per_client_totals,
-        percentiles,
-        request_latencies,
-        throughput,
-        trace_arrays,
-    )
-
-    inst = cluster_trace.instance
-    w = inst.weights
-    merged = cluster_trace.merged_trace()
-    arr = trace_arrays(merged)
-    lat = request_latencies(arr)
-    thr = throughput(arr)
-    ttft = percentiles(lat["ttft"], (50, 90, 99))
-    tpot = percentiles(lat["tpot"], (50, 99))
-    e2e = percentiles(lat["e2e"], (50, 99))
-    C = len(arr.clients)
-    first = np.full(C, np.inf)
-    np.minimum.at(first, arr.client_idx, arr.arrival)
-    lastf = np.full(C, -np.inf)
-    np.maximum.at(lastf, arr.client_idx, arr.finish)
-    ta, tb = float(first.max()), float(lastf.min())
-    jain: dict[str, float | None] = {"client": None, "actual": None}
-    reason = None
-    if tb > ta:
-        for view in ("client", "actual"):
-            times, _names, cum = cluster_service_timeline(cluster_trace.traces, w, view, clients=arr.clients)
-            ext = np.vstack([np.zeros((1, C)), cum])
-            wa = ext[np.searchsorted(times, ta, side="right")]
-            wb = ext[np.searchsorted(times, tb, side="right")]
-            jain[view] = jain_index((wb - wa) / (tb - ta))
-    else:
-        reason = f"no window with all clients active: the earliest last finish {tb} is not after the latest first arrival {ta}"
-    gap = check_d2lpm_thm_5_1(inst, cluster_trace, 1.0)  # only the scanned worst is used
-    return {
-        "policy": cluster_trace.meta.get("local_policy", {}).get("name"),
-        "dispatcher": cluster_trace.dispatcher,
-        "workers": cluster_trace.workers,
-        "requests_per_worker": list(cluster_trace.meta.get("requests_per_worker", [])),
-        "n_requests": len(merged.requests),
-        "n_steps": sum(t.n_steps for t in cluster_trace.traces),
-        "span_s": thr["span_s"],
-        "tokens_per_s": thr["tokens_per_s"],
-        "output_tokens_per_s": thr["output_tokens_per_s"],
-        "extend_tokens_per_s": thr["extend_tokens_per_s"],
-        "hit_rate": hit_rate(arr),
-        "ttft_p50": ttft[50],
-        "ttft_p90": ttft[90],
-        "ttft_p99": ttft[99],
-        "tpot_p50": tpot[50],
-        "tpot_p99": tpot[99],
-        "e2e_p50": e2e[50],
-        "e2e_p99": e2e[99],
-        "jain": jain["client"],
-        "jain_actual": jain["actual"],
-        "jain_window": [ta, tb] if tb > ta else None,
-        "jain_reason": reason,
-        "max_service_gap": {
-            "value": gap.worst,
-            "pair": list(gap.witness["pair"]) if gap.witness else None,
-            "interval": list(gap.witness["interval"]) if gap.witness else None,
-        },
-        "per_client": per_client_totals(arr, w),
-    }

@@ -467,6 +467,33 @@ def check_dlpm_thm_4_1(
     )
 
 
+def _one_sided_scan(
+    times: np.ndarray, clients: Sequence[str], ext: np.ndarray, backlog: dict[str, list[tuple[float, float]]]
+) -> tuple[float, dict[str, Any], int]:
+    """The premise scan of Thm 4.2 / 5.2: for every client f, every backlogged period of f and
+    every other client g, the largest ``W_g(t1,t2) - W_f(t1,t2)`` over ``t1 < t2`` in the period
+    (one-sided: a running minimum instead of max - min). Returns (worst, witness, pairs checked)."""
+    worst, witness, checked = 0.0, {}, 0
+    for fi, f in enumerate(clients):
+        for t0, t1 in backlog.get(f, []):
+            rows = _eval_rows(times, t0, t1)
+            for gi, g in enumerate(clients):
+                if gi == fi:
+                    continue
+                checked += 1
+                d = ext[rows, gi] - ext[rows, fi]
+                inc = d - np.minimum.accumulate(d)
+                j2 = int(np.argmax(inc))
+                if inc[j2] > worst:
+                    j1 = int(np.argmin(d[: j2 + 1]))
+                    worst = float(inc[j2])
+                    witness = {
+                        "backlogged": f, "other": g,
+                        "interval": (_time_of(times, rows, j1, t0), _time_of(times, rows, j2, t0)),
+                    }
+    return worst, witness, checked
+
+
 def check_dlpm_thm_4_2(
     instance: Instance, trace: Trace, Q_u: float, *, M: int | None = None, view: str = "actual"
 ) -> BoundReport:
@@ -484,25 +511,7 @@ def check_dlpm_thm_4_2(
     times, clients, cum = service_timeline(trace, instance, view)
     times, ext = _distinct_step_ends(times, cum)
     backlog = backlog_intervals(trace)
-    worst, witness, checked = 0.0, {}, 0
-    for fi, f in enumerate(clients):
-        for t0, t1 in backlog.get(f, []):
-            rows = _eval_rows(times, t0, t1)
-            for gi, g in enumerate(clients):
-                if gi == fi:
-                    continue
-                checked += 1
-                D = ext[rows, gi] - ext[rows, fi]
-                run_min = np.minimum.accumulate(D)
-                inc = D - run_min
-                j2 = int(np.argmax(inc))
-                if inc[j2] > worst:
-                    j1 = int(np.argmin(D[: j2 + 1]))
-                    worst = float(inc[j2])
-                    witness = {
-                        "backlogged": f, "other": g,
-                        "interval": (_time_of(times, rows, j1, t0), _time_of(times, rows, j2, t0)),
-                    }
+    worst, witness, checked = _one_sided_scan(times, clients, ext, backlog)
     return BoundReport(
         "DLPM Thm 4.2", bound, worst, _holds(worst, bound), witness, checked,
         {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "view": view},
@@ -829,24 +838,7 @@ def check_d2lpm_thm_5_2(
     D = cluster_trace.workers
     bound = d2lpm_thm_5_2(Q_u, U, D)
     times, clients, ext, backlog = _cluster_curves(instance, cluster_trace, view)
-    worst, witness, checked = 0.0, {}, 0
-    for fi, f in enumerate(clients):
-        for t0, t1 in backlog.get(f, []):
-            rows = _eval_rows(times, t0, t1)
-            for gi, g in enumerate(clients):
-                if gi == fi:
-                    continue
-                checked += 1
-                d = ext[rows, gi] - ext[rows, fi]
-                inc = d - np.minimum.accumulate(d)
-                j2 = int(np.argmax(inc))
-                if inc[j2] > worst:
-                    j1 = int(np.argmin(d[: j2 + 1]))
-                    worst = float(inc[j2])
-                    witness = {
-                        "backlogged": f, "other": g,
-                        "interval": (_time_of(times, rows, j1, t0), _time_of(times, rows, j2, t0)),
-                    }
+    worst, witness, checked = _one_sided_scan(times, clients, ext, backlog)
     return BoundReport(
         "D2LPM Thm 5.2", bound, worst, _holds(worst, bound), witness, checked,
         {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "workers": D, "view": view},

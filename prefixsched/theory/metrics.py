@@ -49,6 +49,7 @@ __all__ = [
     "jain_index",
     "jain_over_active_window",
     "per_client_totals",
+    "summarize_cluster",
     "summarize",
     "cluster_service_timeline",
 ]
@@ -569,11 +570,6 @@ def summarize(trace: Trace, instance_weights: ServiceWeights | Instance | None =
     """
     w = _weights(instance_weights)
     arr = trace_arrays(trace)
-    lat = request_latencies(arr)
-    thr = throughput(arr)
-    ttft = percentiles(lat["ttft"], (50, 90, 99))
-    tpot = percentiles(lat["tpot"], (50, 99))
-    e2e = percentiles(lat["e2e"], (50, 99))
     jc = jain_over_active_window(arr, w, view="client")
     ja = jain_over_active_window(arr, w, view="actual")
     gap = max_service_gap(arr, w, view="actual")
@@ -581,6 +577,29 @@ def summarize(trace: Trace, instance_weights: ServiceWeights | Instance | None =
         "policy": trace.policy.get("name"),
         "n_requests": len(trace.requests),
         "n_steps": trace.n_steps,
+        **_request_row(arr),
+        "jain": jc["jain"],
+        "jain_actual": ja["jain"],
+        "jain_window": list(jc["window"]) if jc["window"] is not None else None,
+        "jain_reason": jc["reason"],
+        "max_service_gap": {
+            "value": gap["value"],
+            "pair": list(gap["pair"]) if gap["pair"] else None,
+            "interval": list(gap["interval"]) if gap["interval"] else None,
+        },
+        "per_client": per_client_totals(arr, w),
+    }
+
+
+def _request_row(arr: "TraceArrays") -> dict[str, Any]:
+    """The per-request part of a summary row: span, throughputs, hit rate, TTFT/TPOT/e2e
+    percentiles (shared by :func:`summarize` and :func:`summarize_cluster`)."""
+    lat = request_latencies(arr)
+    thr = throughput(arr)
+    ttft = percentiles(lat["ttft"], (50, 90, 99))
+    tpot = percentiles(lat["tpot"], (50, 99))
+    e2e = percentiles(lat["e2e"], (50, 99))
+    return {
         "span_s": thr["span_s"],
         "tokens_per_s": thr["tokens_per_s"],
         "output_tokens_per_s": thr["output_tokens_per_s"],
@@ -593,16 +612,6 @@ def summarize(trace: Trace, instance_weights: ServiceWeights | Instance | None =
         "tpot_p99": tpot[99],
         "e2e_p50": e2e[50],
         "e2e_p99": e2e[99],
-        "jain": jc["jain"],
-        "jain_actual": ja["jain"],
-        "jain_window": list(jc["window"]) if jc["window"] is not None else None,
-        "jain_reason": jc["reason"],
-        "max_service_gap": {
-            "value": gap["value"],
-            "pair": list(gap["pair"]) if gap["pair"] else None,
-            "interval": list(gap["interval"]) if gap["interval"] else None,
-        },
-        "per_client": per_client_totals(arr, w),
     }
 
 
@@ -673,3 +682,64 @@ def cluster_service_timeline(
         cols = np.array([col[c] for c in a.clients], dtype=np.int64)
         out[np.ix_(np.flatnonzero(ok), cols)] += cum[rows[ok]]
     return times, names, out
+
+
+def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
+    """The CLI's metrics row for a cluster run (a
+    :class:`~prefixsched.reference.cluster.ClusterTrace`; read through its ``instance``, ``traces``,
+    ``merged_trace()``, ``meta``, ``dispatcher`` and ``workers``), with the keys of
+    :func:`prefixsched.theory.metrics.summarize` computed cluster-wide, plus ``workers``,
+    ``dispatcher`` and ``requests_per_worker``.
+
+    Per-request metrics (latencies, throughput, hit rate, per-client totals) come from
+    :meth:`ClusterTrace.merged_trace`. Service curves come from
+    :func:`~prefixsched.theory.metrics.cluster_service_timeline` (every worker's step ends):
+    ``jain``/``jain_actual`` over the window in which all clients are active (the same window
+    rule as :func:`~prefixsched.theory.metrics.jain_over_active_window`: latest first arrival to
+    earliest last finish), and ``max_service_gap`` = the largest ``|W_f - W_g|`` over pairs
+    backlogged (waiting on any worker) on a common interval, actual view: the premise scan of
+    :func:`~prefixsched.theory.bounds.check_d2lpm_thm_5_1`. ``n_steps`` is the sum over workers.
+    """
+    from prefixsched.theory.bounds import check_d2lpm_thm_5_1  # imports this module: import here
+
+    inst = cluster_trace.instance
+    w = inst.weights
+    merged = cluster_trace.merged_trace()
+    arr = trace_arrays(merged)
+    C = len(arr.clients)
+    first = np.full(C, np.inf)
+    np.minimum.at(first, arr.client_idx, arr.arrival)
+    lastf = np.full(C, -np.inf)
+    np.maximum.at(lastf, arr.client_idx, arr.finish)
+    ta, tb = float(first.max()), float(lastf.min())
+    jain: dict[str, float | None] = {"client": None, "actual": None}
+    reason = None
+    if tb > ta:
+        for view in ("client", "actual"):
+            times, _names, cum = cluster_service_timeline(cluster_trace.traces, w, view, clients=arr.clients)
+            ext = np.vstack([np.zeros((1, C)), cum])
+            wa = ext[np.searchsorted(times, ta, side="right")]
+            wb = ext[np.searchsorted(times, tb, side="right")]
+            jain[view] = jain_index((wb - wa) / (tb - ta))
+    else:
+        reason = f"no window with all clients active: the earliest last finish {tb} is not after the latest first arrival {ta}"
+    gap = check_d2lpm_thm_5_1(inst, cluster_trace, 1.0)  # only the scanned worst is used
+    return {
+        "policy": cluster_trace.meta.get("local_policy", {}).get("name"),
+        "dispatcher": cluster_trace.dispatcher,
+        "workers": cluster_trace.workers,
+        "requests_per_worker": list(cluster_trace.meta.get("requests_per_worker", [])),
+        "n_requests": len(merged.requests),
+        "n_steps": sum(t.n_steps for t in cluster_trace.traces),
+        **_request_row(arr),
+        "jain": jain["client"],
+        "jain_actual": jain["actual"],
+        "jain_window": [ta, tb] if tb > ta else None,
+        "jain_reason": reason,
+        "max_service_gap": {
+            "value": gap.worst,
+            "pair": list(gap.witness["pair"]) if gap.witness else None,
+            "interval": list(gap.witness["interval"]) if gap.witness else None,
+        },
+        "per_client": per_client_totals(arr, w),
+    }
