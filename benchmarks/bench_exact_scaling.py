@@ -15,6 +15,11 @@ Instance construction (block granularity; documented decision)
   one block takes ``512 * 3.3e-5 = 16.9`` ms, so ``arrival = round((timestamp_ms - t0_ms) /
   ms_per_unit)`` with ``ms_per_unit = 16.896`` (``--ms-per-unit``), ``t0_ms`` the window's first
   timestamp. Rounding to whole units keeps the data integral; ``c_attn = 0``.
+- Load rescaling (``--load RHO``): the raw arrivals are multiplied by ``W / (RHO * span)`` with
+  ``W = sum_j |x_j|`` the total work without reuse (blocks = time units, ``c_attn = 0``) and
+  ``span`` the window's raw last-minus-first arrival, then rounded; so (up to rounding) total
+  no-reuse work / span = RHO. RHO < 1 is sub-saturated even without reuse; RHO > 1 needs reuse
+  (or queueing) to keep up. The order of arrivals and the prompts are unchanged.
 - At this scale the trace offers ~1.4x the server's capacity without reuse (24 blocks per request
   every ~294 ms = 17.4 units), so windows build real queues.
 
@@ -57,14 +62,29 @@ def load_rows(path: Path, start: int, count: int) -> list[dict]:
     return rows
 
 
-def window_instance(rows: list[dict], ms_per_unit: float = 16.896, c_attn: float = 0.0) -> SeqInstance:
-    """A block-granular SeqInstance from consecutive trace rows (module docstring)."""
+def window_instance(rows: list[dict], ms_per_unit: float = 16.896, c_attn: float = 0.0,
+                    load: float | None = None) -> SeqInstance:
+    """A block-granular SeqInstance from consecutive trace rows (module docstring).
+
+    ``load = rho`` rescales the arrival times (module docstring, "Load rescaling"): raw arrivals
+    ``(ts - ts0) / ms_per_unit`` are multiplied by ``W / (rho * span)`` with ``W`` the total
+    no-reuse work (blocks) and ``span`` the raw last-minus-first arrival, then rounded.
+    """
     t0 = rows[0]["timestamp"]
+    raw = [(r["timestamp"] - t0) / ms_per_unit for r in rows]
+    if load is not None:
+        if not load > 0:
+            raise ValueError(f"load must be > 0, got {load!r}")
+        work = sum(len(r["hash_ids"]) for r in rows)
+        span = max(raw) - min(raw)
+        if span > 0:
+            f = work / (load * span)
+            raw = [x * f for x in raw]
     qs = tuple(
         SeqQuery(
             id=f"r{k}",
             client="c0",
-            arrival=float(round((r["timestamp"] - t0) / ms_per_unit)),
+            arrival=float(round(raw[k])),
             tokens=tuple(int(h) for h in r["hash_ids"]),
             output_len=int(r.get("output_length", 1)),
         )
@@ -129,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", type=Path, default=TRACE)
     ap.add_argument("--family", choices=("trace", "def4"), default="trace",
                     help="trace windows (default) or the synthetic shuffled Definition-4 family")
+    ap.add_argument("--load", type=float, default=None,
+                    help="rescale trace arrivals so that no-reuse work / span = LOAD (module docstring)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     ap.add_argument("--no-stop", action="store_true", help="keep going after a size is not proven")
     args = ap.parse_args(argv)
@@ -145,18 +167,20 @@ def main(argv: list[str] | None = None) -> int:
             for model in args.models.split(","):
                 for n in sizes:
                     if args.family == "trace":
-                        inst = window_instance(rows_all[:n], args.ms_per_unit)
+                        inst = window_instance(rows_all[:n], args.ms_per_unit, load=args.load)
                     else:
                         inst = def4_instance(n, seed=start)
-                    rec = {"family": args.family, "start": start, "backend": backend, "model": model, "n": n,
+                    rec = {"family": args.family, "load": args.load, "start": start, "backend": backend, "model": model, "n": n,
                            **run_one(inst, backend, model, args.max_seconds, args.workers)}
                     records.append(rec)
                     print(json.dumps({k: v for k, v in rec.items() if k != "anytime"}), flush=True)
                     if not args.no_stop and rec["status"] != "OPTIMAL":
                         break
-    meta = {"family": args.family, "max_seconds": args.max_seconds, "workers": args.workers, "ms_per_unit": args.ms_per_unit,
+    meta = {"family": args.family, "load": args.load, "max_seconds": args.max_seconds, "workers": args.workers, "ms_per_unit": args.ms_per_unit,
             "objective": "max-ttft", "sizes": sizes, "starts": starts}
     stem = "scaling" if args.family == "trace" else f"scaling_{args.family}"
+    if args.load is not None:
+        stem += f"_load{args.load:g}"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
     try:
         import matplotlib

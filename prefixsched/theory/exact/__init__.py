@@ -151,7 +151,7 @@ def solve(
         if e.name == f"{__name__}.{SOLVERS[solver]}":
             raise ImportError(
                 f"the {solver!r} backend ({__name__}.{SOLVERS[solver]}) is not installed in this build; "
-                f"use solver='dp' (n <= 20) or solver='z3' (n <= 8) instead"
+                f"use solver='dp' (n <= 20; prev up to 56 with a time limit) or solver='z3' (n <= 8) instead"
             ) from e
         raise
     return mod.solve(

@@ -70,6 +70,11 @@ with any *allowed* predecessor/source, ``pfirst_j = p_j(0)``)
   is removed. With no reuse at all this bound is exact (FCFS is optimal, klpm.md §2.3), and it is
   exact whenever every query has the same best LCP with every possible predecessor (e.g. windows
   of the Mooncake trace at block granularity, where all prompts share exactly the system block).
+- LB3 (``prev``, ``max-ttft``/``ttft-feasible``): bound B of :mod:`.bounds_lb` (trie entries:
+  a set ``Q`` of queries arriving in ``[a_lo, a_hi]`` needs at least its distinct prefixes minus
+  the longest LCP with an outsider in service time between ``a_lo`` and ``a_hi + Z``; proof
+  there), rounded up in scaled integer units. It sees that a shared prefix must be recomputed
+  each time the order enters its family, which LB1 cannot. ``lb = max(LB1, LB3)``.
 - LB2 (``mean-ttft``): SRPT on the preemptive relaxation ``1 | r_j, pmtn | sum C_j`` with
   service times ``pmin_j`` (optimal for it, Schrage 1968), minus ``sum a_j``.
 - Time windows: a schedule of value ``<= U`` has deadlines ``C_j <= d_j`` with ``d_j = a_j + U``
@@ -504,6 +509,11 @@ def solve_cpsat(
         return min(fb[f] for f in range(n) if first_ok[f]), fb
 
     lb, fb = relax_lb(pmin)
+    if strengthen and model == "prev" and objective in ("max-ttft", "ttft-feasible"):
+        # bound B of bounds_lb (trie entries over arrival intervals), scaled to integers
+        from prefixsched.theory.exact.bounds_lb import entry_interval_bound
+
+        lb = max(lb, math.ceil(entry_interval_bound(seq_inst, "prev") * d.scale - 1e-6))
     if not strengthen:
         pmin = [min([d.p(j, 0)] + [d.pair(i, j) for i in range(n) if i != j]) for j in range(n)]
         lb, fb = 0, []

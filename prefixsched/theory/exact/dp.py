@@ -42,6 +42,27 @@ raises ``lo`` (to ``T + 1`` when all data are integers, then every value is an i
 non-integer data the last step asks "is any order better than ``hi`` by more than the
 tolerance?". The other objectives use one Pareto pass pruned by the incumbent.
 
+Engineering of ``prev`` (max TTFT and the decision; each step proved here):
+
+- Profile merging: two states ``(S, i)`` and ``(S, i')`` whose last queries have the same LCP with
+  every remaining query (``LCP(x_i, x_q) = LCP(x_i', x_q)`` for all ``q`` not in ``S``) have
+  identical futures (every later cost reads only ``LCP(x_q, x_last)`` for remaining ``q``), so
+  they are one state; its key uses the smallest such ``i`` in ``S``. (One user's queries with
+  distinct documents are interchangeable as "last" once the user's prefix is what they share.)
+- The decision pass runs vectorised on numpy arrays (:func:`_decide_prev_np`: one layer = arrays
+  of ``S``, last, finish; "serve ``j`` next" is a vector operation; duplicates keep the earliest
+  finish by a lexsort), with the same FCFS ``p_min`` pruning. A beam pass (the ``_BEAM`` states
+  of each layer with the earliest finish) is tried first: its witnesses are real orders, its
+  failures prove nothing and fall through to the exact pass.
+- Bisection start: ``lo = max(FCFS relaxation, bound B of`` :mod:`.bounds_lb` ``)``, and the
+  integral bisection *gallops from below* (``T = lo, lo+1, lo+3, lo+7, ...`` capped at the
+  midpoint): infeasible ``T`` are proved quickly by pruning, feasible ``T`` far above the optimum
+  are the expensive passes. Every step is still an exact decision, so the final ``lo = hi`` is a
+  proof.
+- Bound S of :mod:`.bounds_lb` (per-state trie-entry bound) is available in the pure-Python pass
+  (``entry_bounds=True``) but off by default: on the Definition-4 family it removed ~15 % of the
+  states but cost more time than it saved.
+
 Result: OPTIMAL (proof ``"dp exhaustion"``) when the layers are exhausted; on ``time_limit`` or
 the state cap, FEASIBLE with the incumbent and the proven bound (``lo`` of the bisection, or
 ``min`` over the open layer of the lower bounds: every completion passes through that layer).
@@ -52,13 +73,19 @@ overloaded): n = 16 in 1-5 s, n = 18 in 7-22 s, n = 20 in ~30 s; gap 50: n = 28 
 Mooncake windows read as token units are trivially overloaded (the longest query decides) and
 solve in 0.1 s at n = 20.
 
-Size limits: ``prev``/``radix`` ``n <= 20``, ``fair`` ``n <= 14`` (:data:`MAX_N`); beyond them
-:class:`~prefixsched.errors.SolverLimitError` points to ``solver="cpsat"``.
+Measured after the engineering above (2 shared cores, time limit 60 s, benchmark
+``--family def4``): proven optimal up to n = 40 (10.6 s), n = 44 not within 60 s.
+
+Size limits: ``prev``/``radix`` ``n <= 20``, ``fair`` ``n <= 14`` (:data:`MAX_N`) without a time
+limit; with a ``time_limit`` ``prev`` accepts ``n <= 56`` (:data:`MAX_N_TIMED`; the run stops with
+FEASIBLE + proven bound on expiry). Beyond them :class:`~prefixsched.errors.SolverLimitError`
+points to ``solver="cpsat"``.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Sequence
 from itertools import combinations
@@ -66,6 +93,7 @@ from types import MappingProxyType
 from typing import Any
 
 from prefixsched.errors import InputError, SolverLimitError
+from prefixsched.theory.exact.bounds_lb import entry_interval_bound, entry_weight, suffix_bound_from_table, suffix_table
 from prefixsched.theory.exact.greedy import greedy_orders
 from prefixsched.theory.exact.result import SolveResult, Status
 from prefixsched.theory.sequential import (
@@ -79,9 +107,12 @@ from prefixsched.theory.sequential import (
     tolerance,
 )
 
-__all__ = ["solve", "MAX_N", "DEFAULT_MAX_ENTRIES", "local_search"]
+__all__ = ["solve", "MAX_N", "MAX_N_TIMED", "DEFAULT_MAX_ENTRIES", "local_search"]
 
 MAX_N = MappingProxyType({"prev": 20, "radix": 20, "fair": 14})
+#: Size limits when a ``time_limit`` is given (the DP then stops with FEASIBLE + bound on expiry,
+#: so a larger instance cannot run away); ``prev`` uses the vectorised decision DP.
+MAX_N_TIMED = MappingProxyType({"prev": 56, "radix": 20, "fair": 14})
 #: Cap on the entries of one layer; above it the DP stops with FEASIBLE + bound.
 DEFAULT_MAX_ENTRIES = 2_000_000
 
@@ -149,6 +180,8 @@ def solve(
     hint_orders: Sequence[Sequence[str]] | None = None,
     max_entries: int = DEFAULT_MAX_ENTRIES,
     max_n: int | None = None,
+    entry_bounds: bool = False,
+    vectorized: bool = True,
 ) -> SolveResult:
     """Solve by subset DP (module docstring). Signature of every backend; ``workers`` is ignored.
 
@@ -173,7 +206,7 @@ def solve(
     if model == "fair" and delta is None:
         raise InputError("delta", "model fair needs delta")
     n = inst.n
-    limit = MAX_N[model] if max_n is None else int(max_n)
+    limit = (MAX_N[model] if time_limit is None else MAX_N_TIMED[model]) if max_n is None else int(max_n)
     if n > limit:
         raise SolverLimitError(
             f"dp backend: model {model!r} is limited to n <= {limit} queries (got {n}); "
@@ -287,7 +320,41 @@ def solve(
 
     # ---- layered DP --------------------------------------------------------------------------
     # layer: key -> list of entries [f, acc, node] with node = (j, parent_node) for the order.
-    # key: prev -> S * 32 + last; radix -> S; fair -> (S, pairstate)
+    # key: prev -> S << SH | last (last = the canonical representative of its reuse profile,
+    # module docstring "Profile merging"); radix -> S; fair -> (S, pairstate)
+    SH = max(1, n.bit_length())
+    MASK = (1 << SH) - 1
+    canon: dict[int, int] = {}
+    # differ[j][i] = bitmask of the queries q with lcp(j, q) != lcp(i, q)
+    differ = [[sum(1 << q for q in range(n) if lcp[j][q] != lcp[i][q]) for i in range(n)] for j in range(n)]
+
+    # entry bound S (bounds_lb.suffix_state_bound) for the decision DP of prev
+    use_entry = is_prev and entry_bounds
+    sbc: dict[int, tuple[float, float, float]] = {}
+    stab: dict[int, tuple[list[int], Any, float]] = {}
+    w_entry = entry_weight(inst)
+
+    def entry_bound(S2: int, j: int) -> tuple[float, float, float]:
+        tb = stab.get(S2)
+        if tb is None:
+            rem = [i for i in by_arr if not S2 >> i & 1]
+            tb = stab[S2] = (rem, suffix_table(lcp, lens, arr, rem), arr[rem[-1]])
+        return suffix_bound_from_table(tb[1], tb[0], lcp[j], w_entry, tb[2])
+
+    def canonical(S2: int, j: int) -> int:
+        """Key of state (S2, last=j): ``last`` replaced by the smallest ``i`` in ``S2`` with the
+        same LCP profile over the remaining queries (then every future cost is identical)."""
+        R = full & ~S2
+        dj = differ[j]
+        rep = j
+        for i in range(j):
+            if S2 >> i & 1 and not dj[i] & R:
+                rep = i
+                break
+        k = S2 << SH | rep
+        canon[S2 << SH | j] = k
+        return k
+
     def unwind(node: Any) -> tuple[str, ...]:
         out = []
         while node is not None:
@@ -307,6 +374,9 @@ def solve(
         timed_out = False
         entries_count = 1
         for size in range(n):
+            canon.clear()  # keys of one layer only (bounded memory)
+            sbc.clear()
+            stab.clear()
             new: dict[Any, list[tuple[float, float, Any]]] = {}
             new_count = 0
             for key, ents in layer.items():
@@ -320,7 +390,7 @@ def solve(
                     if key == -1:
                         S, last = 0, -1
                     else:
-                        S, last = key >> 5, key & 31
+                        S, last = key >> SH, key & MASK
                 else:
                     S, last = key, -1
                 if not is_prev:
@@ -379,7 +449,9 @@ def solve(
                                 continue
                             key2: Any = (S2, tuple(new_p) if any(x is not None for x in new_p) else None)
                         elif is_prev:
-                            key2 = S2 * 32 + j
+                            key2 = canon.get(S2 << SH | j)
+                            if key2 is None:
+                                key2 = canonical(S2, j)
                         else:
                             key2 = S2
                         lst = new.get(key2)
@@ -395,6 +467,13 @@ def solve(
                         if feas:
                             if lb > T + tol:  # type: ignore[operator]
                                 continue
+                            if use_entry and S2 != full:
+                                sb = sbc.get(key2)
+                                if sb is None:
+                                    sb = sbc[key2] = entry_bound(S2, j)
+                                eb = (fin + sb[0] if fin + sb[0] > sb[1] else sb[1]) - sb[2]
+                                if eb > T + tol:  # type: ignore[operator]
+                                    continue
                         elif UB_cut is not None and lb >= UB_cut:
                             continue
                         if lst is None:
@@ -437,13 +516,22 @@ def solve(
                 break
         if timed_out:
             return "timeout", None, open_lb
-        if layer and all((k[0] if model == "fair" else (k >> 5 if is_prev else k)) == full for k in layer):
+        if layer and all((k[0] if model == "fair" else (k >> SH if is_prev else k)) == full for k in layer):
             best = min((e for v in layer.values() for e in v), key=lambda e: (e[0] if feas else e[1], e[0]))
             return "done", unwind(best[2]), open_lb
         return "pruned", None, open_lb
 
+    def decide(Tq: float) -> tuple[str, tuple[str, ...] | None, float | None]:
+        if is_prev and vectorized and n <= _NP_MAX_N:
+            # a cheap beam witness first (a "yes" needs only one order), then the exact pass
+            kind_b, order_b, _ = _decide_prev_np(inst, Tq, pmin, cost_tab, deadline, max_entries, tol, beam=_BEAM)
+            if kind_b == "done":
+                return kind_b, order_b, None
+            return _decide_prev_np(inst, Tq, pmin, cost_tab, deadline, max_entries, tol)
+        return run(True, Tq, None)
+
     if feas:
-        kind, order, _ = run(True, T, None)
+        kind, order, _ = decide(T)
         if kind == "done":
             return result(order, Status.FEASIBLE, None, "witness schedule found by dp")
         if kind == "pruned":
@@ -453,20 +541,26 @@ def solve(
     if obj_max and inc_val is not None:
         # bisection on T with the decision DP (one earliest finish per state; the TTFT bound
         # prunes far harder than a loose incumbent), then exact closing steps "any order < hi?"
-        lo = min(lower(0, 0.0, 0.0), inc_val)
+        lo = lower(0, 0.0, 0.0)
+        if is_prev:
+            lo = max(lo, entry_interval_bound(inst, "prev"))  # bounds_lb bound B
+        lo = min(lo, inc_val)
         hi = inc_val
         integral = float(c).is_integer() and all(float(a).is_integer() for a in arr)
+        if integral:
+            lo = float(math.ceil(lo - tol))
         eps = 1e-6 * max(1.0, abs(hi))
+        step = 1.0  # galloping from below: infeasible (low) T are cheap, feasible high T are not
         while True:
             if integral:
                 if lo >= hi:
                     break
-                mid = float((lo + hi) // 2)
+                mid = float(min(lo + step - 1.0, (lo + hi) // 2))
             elif hi - lo > eps:
                 mid = (lo + hi) / 2
             else:
                 mid = hi - 2 * tol  # closing step: is there an order strictly better than hi?
-            kind, order, _ = run(True, mid, None)
+            kind, order, _ = decide(mid)
             if kind == "timeout":
                 return result(inc_order, Status.FEASIBLE, lo, None)
             if kind == "done":
@@ -479,6 +573,7 @@ def solve(
             # no order has max TTFT <= mid
             if integral:
                 lo = mid + 1.0
+                step *= 2.0
             elif mid >= hi - 2 * tol:
                 lo = hi
                 break
@@ -503,3 +598,138 @@ def solve(
             return result(None, Status.INFEASIBLE, None, "dp exhaustion: no order meets the service-gap bound delta")
         raise AssertionError("dp: no incumbent and no complete state")  # pragma: no cover
     return result(inc_order, Status.OPTIMAL, inc_val, "dp exhaustion (incumbent proven by bound pruning)")
+
+
+#: Largest n of the vectorised ``prev`` decision DP (``S << SH | last`` must fit in an int64).
+_NP_MAX_N = 56
+#: Width of the beam witness search tried before each exact decision pass.
+_BEAM = 2000
+
+
+def _decide_prev_np(
+    inst: SeqInstance,
+    T: float,
+    pmin: Sequence[float],
+    cost_tab: Sequence[Sequence[float]],
+    deadline: float | None,
+    max_entries: int,
+    tol: float,
+    beam: int | None = None,
+) -> tuple[str, tuple[str, ...] | None, float | None]:
+    """The ``prev`` decision DP ("is there an order with every TTFT <= T?") on numpy arrays.
+
+    Same states, dominance and pruning as the layered pure-Python pass (module docstring:
+    earliest finish per ``(S, last)``, ``last`` merged by LCP profile, the FCFS ``p_min``
+    relaxation from the finish time); one layer is a set of arrays and each transition
+    "serve query ``j`` next" is a vector operation over all states of the layer. Returns
+    ``("done", order, None)``, ``("pruned", None, None)`` (no order meets ``T``: proof by
+    exhaustion) or ``("timeout", None, None)`` (time limit or ``max_entries``).
+
+    ``beam = K`` keeps only the ``K`` states of each layer with the earliest finish: a heuristic
+    witness search whose "no" is returned as ``("beamfail", None, None)`` and proves nothing.
+    """
+    import numpy as np
+
+    n = inst.n
+    arr = np.array(inst.arrivals, dtype=np.float64)
+    lcp = inst.lcp
+    SH = max(1, n.bit_length())
+    # C[last, j]: service of j after last; row n = the depot (nothing cached)
+    C = np.zeros((n + 1, n), dtype=np.float64)
+    for j in range(n):
+        for i in range(n):
+            C[i, j] = cost_tab[j][lcp[i][j]] if i != j else np.inf
+        C[n, j] = cost_tab[j][0]
+    by_arr = sorted(range(n), key=lambda i: (arr[i], i))
+    pm = [float(pmin[i]) for i in by_arr]
+    am = [float(arr[i]) for i in by_arr]
+    full = (1 << n) - 1
+    # differ[j, i] = bitmask of queries q with lcp(j, q) != lcp(i, q)
+    differ = [[sum(1 << q for q in range(n) if lcp[j][q] != lcp[i][q]) for i in range(n)] for j in range(n)]
+    Tt = T + tol
+
+    S = np.zeros(1, dtype=np.int64)
+    last = np.full(1, n, dtype=np.int64)
+    f = np.zeros(1, dtype=np.float64)
+    hist: list[tuple[np.ndarray, np.ndarray]] = []  # per layer: (parent index, j)
+    bits = [np.int64(1) << np.int64(i) for i in range(n)]
+    for size in range(n):
+        if deadline is not None and time.perf_counter() > deadline:
+            return "timeout", None, None
+        cS, cJ, cF, cP = [], [], [], []
+        for j in range(n):
+            if deadline is not None and time.perf_counter() > deadline:
+                return "timeout", None, None
+            idx = np.nonzero((S & bits[j]) == 0)[0]
+            if idx.size == 0:
+                continue
+            fin = np.maximum(f[idx], arr[j]) + C[last[idx], j]
+            ok = fin - arr[j] <= Tt
+            if not ok.any():
+                continue
+            idx = idx[ok]
+            cS.append(S[idx] | bits[j])
+            cJ.append(np.full(idx.size, j, dtype=np.int64))
+            cF.append(fin[ok])
+            cP.append(idx)
+        if not cS:
+            return ("beamfail" if beam else "pruned"), None, None
+        S2 = np.concatenate(cS)
+        J2 = np.concatenate(cJ)
+        F2 = np.concatenate(cF)
+        P2 = np.concatenate(cP)
+        # canonical last: smallest i in S2 with the same LCP profile over the remaining queries
+        R2 = np.int64(full) & ~S2
+        rep = J2.copy()
+        for j in range(n):
+            sel = np.nonzero(J2 == j)[0]
+            if sel.size == 0:
+                continue
+            undecided = np.ones(sel.size, dtype=bool)
+            dj = differ[j]
+            for i in range(j):
+                cond = undecided & ((S2[sel] & bits[i]) != 0) & ((R2[sel] & np.int64(dj[i])) == 0)
+                if cond.any():
+                    rep[sel[cond]] = i
+                    undecided &= ~cond
+        key = (S2 << np.int64(SH)) | rep
+        o = np.lexsort((F2, key))
+        key_s = key[o]
+        first = np.ones(o.size, dtype=bool)
+        first[1:] = key_s[1:] != key_s[:-1]
+        o = o[first]
+        S2, J2, F2, P2, rep = S2[o], J2[o], F2[o], P2[o], rep[o]
+        # FCFS p_min relaxation of the remaining queries from F2 (module docstring)
+        if size + 1 < n:
+            P = np.zeros(S2.size)
+            m = np.full(S2.size, -np.inf)
+            h = np.full(S2.size, -np.inf)
+            bs = np.full(S2.size, -np.inf)
+            for q, a, p in zip(by_arr, am, pm):
+                rem = (S2 & bits[q]) == 0
+                if not rem.any():
+                    continue
+                bs = np.where(rem, np.maximum(bs, a - P), bs)
+                P = np.where(rem, P + p, P)
+                m = np.where(rem, np.maximum(m, P - a), m)
+                h = np.where(rem, np.maximum(h, bs + P - a), h)
+            keep = np.maximum(F2 + m, h) <= Tt
+            S2, J2, F2, P2, rep = S2[keep], J2[keep], F2[keep], P2[keep], rep[keep]
+        if S2.size == 0:
+            return ("beamfail" if beam else "pruned"), None, None
+        if beam is not None and S2.size > beam:
+            sel = np.sort(np.argpartition(F2, beam)[:beam])
+            S2, J2, F2, P2, rep = S2[sel], J2[sel], F2[sel], P2[sel], rep[sel]
+        if S2.size > max_entries:
+            return "timeout", None, None
+        hist.append((P2, J2))
+        S, last, f = S2, rep, F2
+    # every state is complete; reconstruct the first one
+    assert int(S[0]) == full
+    k = 0
+    out: list[int] = []
+    for P2, J2 in reversed(hist):
+        out.append(int(J2[k]))
+        k = int(P2[k])
+    ids = inst.ids
+    return "done", tuple(ids[j] for j in reversed(out)), None
