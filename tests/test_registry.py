@@ -124,3 +124,10 @@ def test_entry_point_that_is_not_a_policy_is_refused(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     with pytest.raises(ValueError, match="does not load a Policy subclass"):
         available()
+
+
+def test_lpm_spec_sets_sglangs_fcfs_fallback():
+    """``lpm:128`` is SGLang's LPM, which falls back to FCFS above 128 waiting requests."""
+    assert parse_spec("lpm:128") == ("lpm", {"fcfs_fallback": 128})
+    assert create("lpm:128").params()["fcfs_fallback"] == 128
+    assert create("lpm").params()["fcfs_fallback"] is None

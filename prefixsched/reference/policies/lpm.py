@@ -57,7 +57,8 @@ class LPM(Policy):
     """
 
     name: ClassVar[str] = "lpm"
-    description: ClassVar[str] = "longest prefix match first (whole radix cache), ties by arrival"
+    description: ClassVar[str] = "longest prefix match first (whole radix cache), ties by arrival; lpm:128 = SGLang's FCFS fallback"
+    primary_param: ClassVar[str | None] = "fcfs_fallback"
 
     def __init__(self, fcfs_fallback: int | None = None) -> None:
         if fcfs_fallback is not None and (
