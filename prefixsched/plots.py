@@ -11,9 +11,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["plot_simulation", "plot_gantt"]
+
+
+def _natural(name: str) -> tuple:
+    """Sort key that puts c2 before c10."""
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 def plot_simulation(instance: Any, specs: Sequence[str], traces: Sequence[Any]):
@@ -21,15 +29,16 @@ def plot_simulation(instance: Any, specs: Sequence[str], traces: Sequence[Any]):
     per-client TTFT CDFs (log time axis). Returns the matplotlib Figure."""
     from prefixsched.theory.metrics import request_latencies, service_timeline
 
-    clients = list(instance.clients)
+    clients = sorted(instance.clients, key=_natural)
     cmap = plt.get_cmap("tab10" if len(clients) <= 10 else "tab20")
     colors = {c: cmap(i % cmap.N) for i, c in enumerate(clients)}
     fig, axes = plt.subplots(len(traces), 2, figsize=(12, 3.2 * len(traces)), squeeze=False)
     for row, (spec, trace) in enumerate(zip(specs, traces)):
         times, tl_clients, cum = service_timeline(trace, instance.weights, view="actual")
         ax = axes[row][0]
-        for j, c in enumerate(tl_clients):
-            ax.plot(times, cum[:, j], color=colors.get(c), lw=1.2, label=c)
+        for c in clients:
+            j = list(tl_clients).index(c)
+            ax.plot(times, cum[:, j], color=colors[c], lw=1.2, label=c)
         ax.set_title(f"{spec}: cumulative service per client")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("W = w_e*extend + w_q*output")
@@ -45,6 +54,7 @@ def plot_simulation(instance: Any, specs: Sequence[str], traces: Sequence[Any]):
             y = np.arange(1, x.size + 1) / x.size
             ax.step(np.maximum(x, 1e-4), y, where="post", color=colors[c], lw=1.2, label=c)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded minor labels
         ax.set_title(f"{spec}: TTFT CDF per client")
         ax.set_xlabel("TTFT (s)")
         ax.set_ylabel("fraction of requests")
@@ -52,7 +62,7 @@ def plot_simulation(instance: Any, specs: Sequence[str], traces: Sequence[Any]):
     handles, labels = axes[0][1].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 10), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the legend row
     return fig
 
 
