@@ -559,7 +559,8 @@ class Worker:
         Raises
         ------
         InputError
-            Not in online mode, a duplicate id, an arrival earlier than the previous submission's
+            Not in online mode, a duplicate id, more requests than the instance holds (the waiting
+            index's LPM keys are sized by it), an arrival earlier than the previous submission's
             or earlier than the start of a step already run (the worker was advanced past it).
         """
         if not self.online:
@@ -573,6 +574,12 @@ class Worker:
                 "request.arrival",
                 f"{request.arrival} is before the start {self.step_start[-1]} of a step already run "
                 "(advance the worker only to times <= the next arrival)",
+            )
+        if len(self.reqs) >= self.index.capacity:
+            raise InputError(
+                "requests",
+                f"this worker was built for at most {self.index.capacity} requests (the instance's "
+                "request count); build it from an instance that holds every request it will be given",
             )
         c = request.client
         if c not in self.ci_of:

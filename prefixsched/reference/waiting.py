@@ -101,6 +101,7 @@ class WaitingIndex:
 
     def __init__(self, n_requests: int, clients: Sequence[str], page_size: int) -> None:
         self._n = max(1, n_requests)
+
         self.clients = tuple(clients)
         self.page_size = page_size
         self.cache: RadixCache | None = None
@@ -120,6 +121,12 @@ class WaitingIndex:
         self.need_by: list[SortedList] = [SortedList() for _ in range(nc)]
         self.match_changes = 0
         self.version = 0  # bumped whenever the set of waiting requests or a match changes
+
+    @property
+    def capacity(self) -> int:
+        """The most requests this index can order (``seq`` must stay below it: LPM keys are
+        ``-cached_tokens * capacity + seq``)."""
+        return self._n
 
     def attach(self, cache: "RadixCache") -> None:
         self.cache = cache
