@@ -216,17 +216,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             ]
         )
     n_clients = len(inst.clients)
+    # with --json - stdout carries the JSON alone (for scripts); the table goes to stderr
+    report = sys.stderr if args.json == "-" else sys.stdout
     print(
         f"{len(inst.requests)} requests, {n_clients} clients, "
         + ", ".join(f"{k}={v}" for k, v in source.items())
         + f", seed={args.seed}"
-        + (f", workers={D}, dispatch={results[0]['dispatcher']['name'] if results else dispatch_spec}" if D > 1 else "")
+        + (f", workers={D}, dispatch={results[0]['dispatcher']['name'] if results else dispatch_spec}" if D > 1 else ""),
+        file=report,
     )
-    print(_table(headers, rows))
+    print(_table(headers, rows), file=report)
     print(
         "tok/s: (prompt+output) tokens per second; hit rate: cached/prompt tokens; Jain: over the window "
         "where all clients are active (client-view service rate); max gap: largest service gap "
-        "(w_e*extend + w_q*output) between two continuously backlogged clients."
+        "(w_e*extend + w_q*output) between two continuously backlogged clients.",
+        file=report,
     )
     out = {
         "input": {**source, "requests": len(inst.requests), "clients": list(inst.clients), "seed": args.seed,
@@ -442,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quantum", type=_positive_float("--quantum"), default=None, help="DLPM quantum Q_u in cost units (policy default if omitted)")
     s.add_argument("--k", type=_k_value, default=None, help="k of k-LPM (integer or 'inf'; policy default if omitted)")
     s.add_argument("--max-requests", type=_positive_int("--max-requests"), default=None, metavar="M", help="use only the first M requests")
-    s.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT ('-' for stdout)")
+    s.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT ('-': JSON alone on stdout, the table on stderr)")
     s.add_argument("--plot", metavar="OUT.png", help="per-client cumulative service curves and TTFT CDFs, one row per policy")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
