@@ -679,6 +679,27 @@ def _pending_at_arrival(trace: Trace) -> list[bool]:
     return out
 
 
+def _first_admission_scan(instance: Instance, trace: Trace) -> tuple[float, dict[str, Any], int]:
+    """The premise scan of the latency bounds (Thm A.2 / A.4): for every request that arrives
+    while its client has nothing pending, the time until the client's first admission at or after
+    that arrival. Returns (worst latency, witness, requests checked)."""
+    pending = _pending_at_arrival(trace)
+    admits: dict[str, np.ndarray] = {}
+    for c in instance.clients:
+        admits[c] = np.sort(np.array([r.admit for r in trace.requests if r.client == c]))
+    worst, witness, checked = 0.0, {}, 0
+    for r, p in zip(trace.requests, pending):
+        if p:
+            continue
+        checked += 1
+        a_c = admits[r.client]
+        first = float(a_c[np.searchsorted(a_c, r.arrival, side="left")])  # exists: r itself
+        lat = first - r.arrival
+        if lat > worst:
+            worst, witness = lat, {"request": r.id, "client": r.client, "arrival": r.arrival, "first_admit": first}
+    return worst, witness, checked
+
+
 def check_dlpm_thm_a2_latency(
     instance: Instance,
     trace: Trace,
@@ -706,20 +727,7 @@ def check_dlpm_thm_a2_latency(
     cap = capacity_lower_bound(instance, trace) if a is None else float(a)
     # everything free (cap = inf): no positive wait is explained by the theorem
     bound = 0.0 if math.isinf(cap) else dlpm_thm_a2_latency(n_clients, Q_u, U, cap)
-    pending = _pending_at_arrival(trace)
-    admits: dict[str, np.ndarray] = {}
-    for c in instance.clients:
-        admits[c] = np.sort(np.array([r.admit for r in trace.requests if r.client == c]))
-    worst, witness, checked = 0.0, {}, 0
-    for r, p in zip(trace.requests, pending):
-        if p:
-            continue
-        checked += 1
-        a_c = admits[r.client]
-        first = float(a_c[np.searchsorted(a_c, r.arrival, side="left")])  # exists: r itself
-        lat = first - r.arrival
-        if lat > worst:
-            worst, witness = lat, {"request": r.id, "client": r.client, "arrival": r.arrival, "first_admit": first}
+    worst, witness, checked = _first_admission_scan(instance, trace)
     return BoundReport(
         "DLPM Thm A.2 (latency)", bound, worst, _holds(worst, bound), witness, checked,
         {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "a": cap, "n": n_clients},
@@ -927,21 +935,7 @@ def check_d2lpm_thm_a4_latency(
     else:
         cap = float(a)
     bound = 0.0 if math.isinf(cap) else d2lpm_thm_a4(n_clients, Q_u, U, cap, D)
-    merged = cluster_trace.merged_trace()
-    pending = _pending_at_arrival(merged)
-    admits: dict[str, np.ndarray] = {}
-    for c in instance.clients:
-        admits[c] = np.sort(np.array([r.admit for r in merged.requests if r.client == c]))
-    worst, witness, checked = 0.0, {}, 0
-    for r, p in zip(merged.requests, pending):
-        if p:
-            continue
-        checked += 1
-        a_c = admits[r.client]
-        first = float(a_c[np.searchsorted(a_c, r.arrival, side="left")])
-        lat = first - r.arrival
-        if lat > worst:
-            worst, witness = lat, {"request": r.id, "client": r.client, "arrival": r.arrival, "first_admit": first}
+    worst, witness, checked = _first_admission_scan(instance, cluster_trace.merged_trace())
     return BoundReport(
         "D2LPM Thm A.4 (latency)", bound, worst, _holds(worst, bound), witness, checked,
         {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "a": cap, "n": n_clients, "workers": D},
