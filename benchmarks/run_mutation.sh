@@ -16,7 +16,7 @@
 #                copy is refreshed and the named modules' mutants are all run again.
 #   MUT_CHILDREN worker processes (default 1; the machine is shared).
 #
-# Slow (about 3-5 s per mutant, 1245 mutants, ~1.5 h with one worker): NOT for CI. Results: `mutmut results`
+# Slow (about 3-5 s per mutant, 1251 mutants, ~1.5 h with one worker): NOT for CI. Results: `mutmut results`
 # inside $MUT_DIR/repo; scores are recorded in benchmarks/mutation.md.
 set -euo pipefail
 

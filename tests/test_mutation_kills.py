@@ -409,3 +409,166 @@ def test_radix_node_repr_marks_evicted_nodes():
     assert repr(leaf).endswith("children=0)")
     assert c.evict(2) == 8 and not leaf.alive
     assert repr(leaf).endswith("children=0, evicted)")
+
+
+# ------------------------------------------------------------------------------------------
+# radix cache, second pass: evict / lock refs / pool / match / insert / waiters
+# (sglang.md §1.3: match_prefix, insert, evict of LRU unlocked leaves, inc/dec_lock_ref pin a
+# node and its ancestors; radix_cache.py docstrings for the pool and the waiters)
+
+
+@pytest.mark.parametrize(
+    "call, field, value",
+    [
+        (lambda c: c.evict(-3), "n_tokens", "-3"),
+        (lambda c: c.reserve(-4), "n", "-4"),
+        (lambda c: c.release(-5), "n", "-5"),
+        (lambda c: c.release(7), "n", "7"),  # more than reserved (2): names both numbers
+    ],
+    ids=["evict-negative", "reserve-negative", "release-negative", "release-over-reserved"],
+)
+def test_radix_bad_counts_name_the_field_and_the_value(call, field, value):
+    # Style rule: bad input raises InputError(field, problem) naming the field and the value.
+    from prefixsched.reference.radix_cache import RadixCache
+
+    c = RadixCache(10)
+    c.reserve(2)
+    with pytest.raises(InputError) as ei:
+        call(c)
+    assert ei.value.field == field
+    assert value in ei.value.problem
+    if value == "7":
+        assert "reserved 2" in ei.value.problem
+    assert c.reserved_tokens == 2  # nothing changed
+
+
+def test_radix_lock_ref_errors_name_the_node():
+    from prefixsched.reference.radix_cache import LockRefError, RadixCache
+
+    c = RadixCache(100)
+    leaf = c.insert((1, 2)).node
+    with pytest.raises(LockRefError, match=rf"node {leaf.id}\b.*lock_ref 0"):
+        c.dec_lock_ref(leaf)
+    assert c.evict(2) == 2
+    assert leaf.alive is False  # TreeNode.alive: "False once evicted"
+    with pytest.raises(LockRefError, match=rf"evicted node {leaf.id}\b"):
+        c.inc_lock_ref(leaf)
+
+
+def test_radix_lock_ref_moves_are_in_tokens():
+    # inc_lock_ref / dec_lock_ref return *tokens* (pages * page_size) moved between the evictable
+    # and locked sets.
+    from prefixsched.reference.radix_cache import RadixCache
+
+    c = RadixCache(100, page_size=4)
+    leaf = c.insert(("a", "b", "c")).node
+    assert c.inc_lock_ref(leaf) == 12
+    assert c.locked_tokens == 12 and c.evictable_tokens == 0
+    assert c.dec_lock_ref(leaf) == 12
+    assert c.locked_tokens == 0 and c.evictable_tokens == 12
+
+
+def test_radix_unlocking_the_root_of_an_empty_tree_never_makes_the_root_evictable():
+    # A request with an empty match holds the root (match_prefix returns root for pages == 0);
+    # lock refs exclude the root and evict "never evicts a locked node or the root".
+    from prefixsched.reference.radix_cache import RadixCache
+
+    c = RadixCache(100)
+    assert c.inc_lock_ref(c.root) == 0
+    assert c.dec_lock_ref(c.root) == 0
+    assert c.evict(10) == 0
+    assert c.num_nodes == 1 and c.root.alive
+    c.check_invariants()
+    leaf = c.insert((1,)).node
+    assert c.evict(10) == 1 and not leaf.alive and c.num_nodes == 1
+    c.check_invariants()
+
+
+def test_radix_capacity_errors_give_the_numbers_in_tokens():
+    # CapacityError: "The message gives the numbers in tokens."
+    from prefixsched.reference.radix_cache import CapacityError, RadixCache
+
+    c = RadixCache(10, page_size=2)
+    c.insert((1, 2))  # 4 tokens in the tree, 6 free
+    with pytest.raises(CapacityError, match=r"reserve 7 tokens > free 6"):
+        c.reserve(7)
+    assert c.reserved_tokens == 0
+
+
+def test_radix_a_one_page_match_refreshes_lru():
+    # sglang.md §1.3 / module docstring: match_prefix(touch=True) updates last_access of the
+    # matched path, so a matched one-page leaf is no longer the LRU victim.
+    from prefixsched.reference.radix_cache import RadixCache
+
+    c = RadixCache(100)
+    a = c.insert((1,)).node
+    b = c.insert((2,)).node
+    assert c.match_prefix((1, 5)).pages == 1
+    assert c.evict(1) == 1
+    assert a.alive and not b.alive
+
+
+def test_radix_logical_clock_advances_by_one_per_touching_call():
+    # Module docstring, "Logical clock": every touching call advances an integer clock by one and
+    # every node on its path gets that value as last_access.
+    from prefixsched.reference.radix_cache import RadixCache
+
+    c = RadixCache(100)
+    a = c.insert((1, 2)).node
+    assert a.last_access == 1
+    b = c.insert((1, 3)).node  # splits (1,2): upper (1,) is on both paths
+    assert b.last_access == 2 and b.parent.last_access == 2 and a.last_access == 1
+    assert c.match_prefix((1, 2)).node is a
+    assert a.last_access == 3 and a.parent.last_access == 3 and b.last_access == 2
+
+
+def test_radix_hit_tokens_accumulate_over_matches():
+    # CacheStats: "cumulative counters, all in tokens"; hit_tokens counts count_hit=True matches.
+    from prefixsched.reference.radix_cache import RadixCache
+
+    c = RadixCache(100, page_size=2)
+    c.insert((1, 2, 3))
+    c.match_prefix((1, 2), count_hit=True)
+    c.match_prefix((1, 9), count_hit=True)
+    c.match_prefix((1, 2, 3), count_hit=False)
+    assert c.stats.hit_tokens == (2 + 1) * 2
+
+
+def test_radix_insert_evicts_only_the_shortfall():
+    # insert: "if the new pages do not fit in free_tokens, unlocked LRU leaves off the sequence's
+    # path are evicted first" -- only need - free tokens, LRU first.
+    from prefixsched.reference.radix_cache import RadixCache
+
+    c = RadixCache(4)
+    a, b, d = (c.insert((k,)).node for k in (1, 2, 3))
+    assert c.free_tokens == 1
+    assert c.insert((4, 5)).new_pages == 2  # needs 2, 1 free: evicts 1 token, the LRU leaf
+    assert not a.alive and b.alive and d.alive
+    assert c.stats.evicted_tokens == 1 and c.free_tokens == 0
+    c.check_invariants()
+
+
+def test_radix_insert_capacity_error_gives_the_numbers_in_tokens():
+    from prefixsched.reference.radix_cache import CapacityError, RadixCache
+
+    c = RadixCache(6, page_size=2)
+    leaf = c.insert((1,)).node  # 2 tokens
+    c.inc_lock_ref(leaf)
+    c.reserve(2)
+    with pytest.raises(CapacityError, match=r"needs 4 new tokens; free 2, evictable off the path 0"):
+        c.insert((2, 3))
+    assert c.total_tokens == 2 and c.reserved_tokens == 2
+
+
+def test_radix_waiter_errors_name_the_field_and_the_waiter():
+    from prefixsched.reference.radix_cache import RadixCache
+
+    c = RadixCache(10)
+    c.watch("a", (1,))
+    with pytest.raises(InputError) as ei:
+        c.unwatch("zz")
+    assert ei.value.field == "wid" and "'zz'" in ei.value.problem and "not watched" in ei.value.problem
+    with pytest.raises(InputError) as ei:
+        c.watch("a", (2,))
+    assert ei.value.field == "wid" and "'a'" in ei.value.problem and "already watched" in ei.value.problem
+    assert c.watched_pages("a") == 0 and c.num_waiters == 1
