@@ -224,34 +224,31 @@ class BatchBuilder:
             )
         return None
 
-    def fits(self, entry: Any) -> bool:
-        e = entry
-        if e.request.id in self._set:
-            return False
-        if self._slots <= 0:
-            return False
+    def _need(self, e: Any) -> int | None:
+        """Private KV ``extend + output_len`` if ``e`` passes the cheap checks (not added yet, a
+        running slot, the prefill-token budget, KV before locking its prefix); else None."""
+        if self._slots <= 0 or e.request.id in self._set:
+            return None
         ext = e.extend_tokens
         if self._ids and ext > self._rem:
-            return False
+            return None
         need = ext + e.request.output_len
-        if need > self._avail:
+        return need if need <= self._avail else None
+
+    def fits(self, entry: Any) -> bool:
+        need = self._need(entry)
+        if need is None:
             return False
-        lock, _ = self._lock_walk(e)
+        lock, _ = self._lock_walk(entry)
         return need + lock <= self._avail
 
     def try_add(self, entry: Any) -> bool:
         e = entry
-        if self._slots <= 0:
+        need = self._need(e)
+        if need is None:
             return False
         ext = e.extend_tokens
-        if self._ids and ext > self._rem:
-            return False
-        need = ext + e.request.output_len
-        if need > self._avail:
-            return False
         rid = e.request.id
-        if rid in self._set:
-            return False
         lock, updates = self._lock_walk(e)
         if need + lock > self._avail:
             return False

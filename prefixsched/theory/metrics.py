@@ -477,6 +477,17 @@ def jain_index(x: Sequence[float] | np.ndarray) -> float:
     return float(a.sum()) ** 2 / (a.size * sq)
 
 
+def _active_window(arr: "TraceArrays") -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Per-client first arrival and last finish, and the window ``[ta, tb]`` in which every client
+    is active (latest first arrival, earliest last finish); empty when ``tb <= ta``."""
+    C = len(arr.clients)
+    first = np.full(C, np.inf)
+    np.minimum.at(first, arr.client_idx, arr.arrival)
+    lastf = np.full(C, -np.inf)
+    np.maximum.at(lastf, arr.client_idx, arr.finish)
+    return first, lastf, float(first.max()), float(lastf.min())
+
+
 def jain_over_active_window(
     trace: Trace | TraceArrays, weights: ServiceWeights | Instance | None = None, view: str = "client"
 ) -> dict[str, Any]:
@@ -502,11 +513,7 @@ def jain_over_active_window(
         out["reason"] = "the trace has no requests"
         return out
     C = len(arr.clients)
-    first = np.full(C, np.inf)
-    np.minimum.at(first, arr.client_idx, arr.arrival)
-    lastf = np.full(C, -np.inf)
-    np.maximum.at(lastf, arr.client_idx, arr.finish)
-    ta, tb = float(first.max()), float(lastf.min())
+    first, lastf, ta, tb = _active_window(arr)
     out["window"] = (ta, tb)
     if not tb > ta:
         fa = arr.clients[int(np.argmax(first))]
@@ -707,11 +714,7 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     merged = cluster_trace.merged_trace()
     arr = trace_arrays(merged)
     C = len(arr.clients)
-    first = np.full(C, np.inf)
-    np.minimum.at(first, arr.client_idx, arr.arrival)
-    lastf = np.full(C, -np.inf)
-    np.maximum.at(lastf, arr.client_idx, arr.finish)
-    ta, tb = float(first.max()), float(lastf.min())
+    _, _, ta, tb = _active_window(arr)
     jain: dict[str, float | None] = {"client": None, "actual": None}
     reason = None
     if tb > ta:

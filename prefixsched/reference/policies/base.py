@@ -34,7 +34,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import Limits, Request, ServiceWeights
 
-__all__ = ["WaitingEntry", "BatchBuilder", "CacheView", "Snapshot", "Decision", "Policy", "FinishedInfo"]
+__all__ = [
+    "WaitingEntry", "BatchBuilder", "CacheView", "Snapshot", "Decision", "Policy", "FinishedInfo", "client_weights",
+]
 
 
 @runtime_checkable
@@ -121,6 +123,26 @@ class Snapshot(Protocol):
     def batch(self) -> BatchBuilder:
         """A fresh, empty admission budget for this step."""
         ...
+
+
+def client_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Validate optional per-client weights (weighted VTC / DLPM): ``{client: finite number > 0}``.
+
+    Raises
+    ------
+    InputError
+        Naming ``weights[client]`` and the bad value.
+    """
+    import math
+
+    from prefixsched.errors import InputError
+
+    out: dict[str, float] = {}
+    for c, v in (weights or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise InputError(f"weights[{c!r}]", f"must be a finite number > 0, got {v!r}")
+        out[str(c)] = float(v)
+    return out
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ from typing import Any, ClassVar
 
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import register
-from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot
+from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot, client_weights
 from prefixsched.theory.model import Request
 
 __all__ = ["DLPM", "DEFAULT_QUANTUM"]
@@ -99,12 +99,7 @@ class DLPM(Policy):
         if isinstance(quantum, bool) or not isinstance(quantum, (int, float)) or not math.isfinite(quantum) or quantum <= 0:
             raise InputError("quantum", f"must be a finite number > 0, got {quantum!r}")
         self.quantum = float(quantum)
-        w: dict[str, float] = {}
-        for c, v in (weights or {}).items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise InputError(f"weights[{c!r}]", f"must be a finite number > 0, got {v!r}")
-            w[str(c)] = float(v)
-        self.weights = w
+        self.weights = client_weights(weights)
         self.deficits: dict[str, float] = {}  # active clients only (the list l)
         self.refills: dict[str, int] = {}  # refill rounds received, per client (cumulative)
         self.rounds = 0

@@ -29,13 +29,12 @@ Service weights ``w_e`` (= VTC's w_p) and ``w_q`` come from the instance (1 and 
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import register
-from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot
+from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot, client_weights
 from prefixsched.theory.model import Request
 
 __all__ = ["VTC"]
@@ -65,12 +64,7 @@ class VTC(Policy):
         if charge not in ("prompt", "extend"):
             raise InputError("charge", f"must be 'prompt' or 'extend', got {charge!r}")
         self.charge = charge
-        w: dict[str, float] = {}
-        for c, v in (weights or {}).items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise InputError(f"weights[{c!r}]", f"must be a finite number > 0, got {v!r}")
-            w[str(c)] = float(v)
-        self.weights = w
+        self.weights = client_weights(weights)
         self.counters: dict[str, float] = {}
         self.last_left: str | None = None
         self.lifts = 0
