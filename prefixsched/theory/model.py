@@ -311,23 +311,39 @@ class Limits:
         Requests in the running batch at once (SGLang ``--max-running-requests``).
     page_size:
         Tokens per cache page; the cache matches and stores whole pages only.
+    chunked_prefill_size:
+        SGLang ``--chunked-prefill-size``: the most extend tokens one prefill batch runs; a prompt
+        longer than the budget left is cut into chunks, one chunked request at a time. ``None``
+        turns chunking off (SGLang ``--chunked-prefill-size -1``). Default 8192: SGLang 0.5.23's
+        default for a GPU of 60-160 GB (``arg_groups/memory_hook.py::_handle_gpu_memory_settings``),
+        i.e. an 80 GB H100. Only the ``sglang`` engine chunks; the ``ideal`` engine (the papers'
+        model) ignores this field.
     """
 
     kv_capacity_tokens: int = 480_000
     max_prefill_tokens: int = 16_384
     max_running_requests: int = 256
     page_size: int = 1
+    chunked_prefill_size: int | None = 8192
 
     def validate(self) -> None:
-        """Raise :class:`InputError` naming the field if a limit is not a positive integer."""
+        """Raise :class:`InputError` naming the field if a limit is not a positive integer
+        (``chunked_prefill_size`` may also be ``None``)."""
         for f in fields(self):
             v = getattr(self, f.name)
+            if v is None and f.name == "chunked_prefill_size":
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"limits.{f.name}", f"must be an integer >= 1, got {v!r}")
 
     @staticmethod
     def from_dict(d: Any, where: str = "limits") -> "Limits":
-        return _dataclass_from_dict(Limits, d, where, _int)
+        def reader(v: Any, name: str) -> Any:
+            if v is None and name.endswith(".chunked_prefill_size"):
+                return None
+            return _int(v, name)
+
+        return _dataclass_from_dict(Limits, d, where, reader)
 
 
 @dataclass(frozen=True)
