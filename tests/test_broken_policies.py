@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefixsched.reference import simulator as sim_module
+from prefixsched.reference.engine import core as sim_module
 from prefixsched.reference.policies import create
 from prefixsched.reference.radix_cache import RadixCache
 from prefixsched.testing import check_policy, instances, run_invariants

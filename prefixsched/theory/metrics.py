@@ -66,6 +66,19 @@ class TraceArrays:
 
     ``client_idx[i]`` indexes ``clients`` (names in order of first appearance among the records).
     Times are float64 seconds, token counts and steps int64.
+
+    Beside the per-record arrays, the trace's work is flattened into three event lists (every
+    run of every request, :mod:`prefixsched.theory.trace`, "Runs"):
+
+    - *pieces* (prefill chunks): ``piece_rec`` (record index), ``piece_step``, ``piece_tokens``;
+    - *spans* (output tokens of one run): ``span_rec``, ``span_first`` (the step of its last chunk,
+      which produces one token) and ``span_end`` (its ``end_step``); the run also produces one
+      token in every decode-capable step in ``(span_first, span_end]``;
+    - *waits* (time in the waiting queue): ``wait_rec``, ``wait_start``, ``wait_end`` (seconds,
+      ``[arrival, admit)`` of the first run; ``[end of the retracting step, admission)`` of each
+      later run).
+
+    ``decode_cap[s]`` is True where step ``s`` decodes (kind ``"M"`` or ``"D"``).
     """
 
     ids: list[str]
@@ -83,10 +96,27 @@ class TraceArrays:
     output_len: np.ndarray
     step_start: np.ndarray
     step_end: np.ndarray
+    decode_cap: np.ndarray
+    piece_rec: np.ndarray
+    piece_step: np.ndarray
+    piece_tokens: np.ndarray
+    span_rec: np.ndarray
+    span_first: np.ndarray
+    span_end: np.ndarray
+    wait_rec: np.ndarray
+    wait_start: np.ndarray
+    wait_end: np.ndarray
+
+    @property
+    def simple(self) -> bool:
+        """True iff every request has one run with one chunk and every step is mixed (the
+        ``ideal`` engine's traces)."""
+        return len(self.piece_rec) == len(self.ids) == len(self.span_rec) and bool(self.decode_cap.all())
 
 
 def trace_arrays(trace: Trace) -> TraceArrays:
-    """Extract :class:`TraceArrays` from ``trace`` (O(requests + steps); no validation)."""
+    """Extract :class:`TraceArrays` from ``trace`` (O(requests + runs + steps); no validation
+    beyond what the arrays need)."""
     recs = trace.requests
     n = len(recs)
 
@@ -99,22 +129,89 @@ def trace_arrays(trace: Trace) -> TraceArrays:
     client_names = [r.client for r in recs]
     clients = tuple(dict.fromkeys(client_names))
     lookup = {c: k for k, c in enumerate(clients)}
+    step_start = np.asarray(trace.step_start, dtype=np.float64)
+    step_end = np.asarray(trace.step_end, dtype=np.float64)
+    kinds = trace.step_kinds
+    if kinds is None:
+        decode_cap = np.ones(len(step_start), dtype=bool)
+    else:
+        decode_cap = np.frombuffer(kinds.encode("ascii"), dtype=np.uint8) != ord("P")
+    admit_step = i("admit_step")
+    finish_step = i("finish_step")
+    extend = i("extend_tokens")
+    arrival = f("arrival")
+    admit = f("admit")
+    multi = [k for k, r in enumerate(recs) if r.runs is not None]
+    if not multi:
+        ar = np.arange(n, dtype=np.int64)
+        pieces = (ar, admit_step, extend)
+        spans = (ar, admit_step, finish_step)
+        waits = (ar, arrival, admit)
+    else:
+        is_multi = np.zeros(n, dtype=bool)
+        is_multi[multi] = True
+        one = np.flatnonzero(~is_multi)
+        p_rec, p_step, p_tok = [one], [admit_step[one]], [extend[one]]
+        s_rec, s_first, s_end = [one], [admit_step[one]], [finish_step[one]]
+        w_rec, w_a, w_b = [one], [arrival[one]], [admit[one]]
+        pr, ps_, pt, sr, sf, se, wr, wa, wb = ([] for _ in range(9))
+        S = len(step_start)
+        for k in multi:
+            prev_end = None
+            for run in recs[k].runs:  # type: ignore[union-attr]
+                for st, tok in run.chunks:
+                    pr.append(k)
+                    ps_.append(st)
+                    pt.append(tok)
+                last = run.chunks[-1][0] if run.chunks else run.admit_step
+                sr.append(k)
+                sf.append(last)
+                se.append(run.end_step)
+                wr.append(k)
+                if prev_end is None:
+                    wa.append(recs[k].arrival)
+                else:
+                    wa.append(float(step_end[prev_end]) if 0 <= prev_end < S else np.nan)
+                wb.append(float(step_start[run.admit_step]) if 0 <= run.admit_step < S else np.nan)
+                prev_end = run.end_step
+        p_rec.append(np.asarray(pr, dtype=np.int64))
+        p_step.append(np.asarray(ps_, dtype=np.int64))
+        p_tok.append(np.asarray(pt, dtype=np.int64))
+        s_rec.append(np.asarray(sr, dtype=np.int64))
+        s_first.append(np.asarray(sf, dtype=np.int64))
+        s_end.append(np.asarray(se, dtype=np.int64))
+        w_rec.append(np.asarray(wr, dtype=np.int64))
+        w_a.append(np.asarray(wa, dtype=np.float64))
+        w_b.append(np.asarray(wb, dtype=np.float64))
+        pieces = (np.concatenate(p_rec), np.concatenate(p_step), np.concatenate(p_tok))
+        spans = (np.concatenate(s_rec), np.concatenate(s_first), np.concatenate(s_end))
+        waits = (np.concatenate(w_rec), np.concatenate(w_a), np.concatenate(w_b))
     return TraceArrays(
         ids=[r.id for r in recs],
         clients=clients,
         client_idx=np.fromiter((lookup[c] for c in client_names), dtype=np.int64, count=n),
-        arrival=f("arrival"),
-        admit=f("admit"),
+        arrival=arrival,
+        admit=admit,
         first_token=f("first_token"),
         finish=f("finish"),
-        admit_step=i("admit_step"),
-        finish_step=i("finish_step"),
+        admit_step=admit_step,
+        finish_step=finish_step,
         prompt_len=i("prompt_len"),
         cached=i("cached_tokens"),
-        extend=i("extend_tokens"),
+        extend=extend,
         output_len=i("output_len"),
-        step_start=np.asarray(trace.step_start, dtype=np.float64),
-        step_end=np.asarray(trace.step_end, dtype=np.float64),
+        step_start=step_start,
+        step_end=step_end,
+        decode_cap=decode_cap,
+        piece_rec=pieces[0],
+        piece_step=pieces[1],
+        piece_tokens=pieces[2],
+        span_rec=spans[0],
+        span_first=spans[1],
+        span_end=spans[2],
+        wait_rec=waits[0],
+        wait_start=waits[1],
+        wait_end=waits[2],
     )
 
 
@@ -134,6 +231,10 @@ def _require_steps(arr: TraceArrays) -> None:
             f"step indices admit_step={arr.admit_step[k]}, finish_step={arr.finish_step[k]} outside "
             f"0..{S - 1} (run prefixsched.theory.schedule.check_trace first)",
         )
+    for name, st in (("chunk", arr.piece_step), ("run end", arr.span_end), ("run", arr.span_first)):
+        badp = np.flatnonzero((st < 0) | (st >= S))
+        if len(badp):
+            raise InputError("trace.requests.runs", f"a {name} step {int(st[badp[0]])} lies outside 0..{S - 1}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,19 +354,38 @@ def _weights(weights: ServiceWeights | Instance | None) -> ServiceWeights:
 def _service_matrix(
     arr: TraceArrays, weights: ServiceWeights, view: str
 ) -> np.ndarray:
-    """Cumulative service, shape ``(S, C)``: row s = service delivered by the end of step s."""
+    """Cumulative service, shape ``(S, C)``: row s = service delivered by the end of step s.
+
+    Prefill: ``w_e * tokens`` of every chunk in its step (view ``"actual"``), or ``w_e *
+    prompt_len`` once, in the step of the request's first chunk (view ``"client"``: what the
+    client sent; re-prefills after a retraction are not counted again). Output: ``w_q`` for each
+    token, in the step that produced it (the last chunk's step of each run, then every
+    decode-capable step up to the run's end).
+    """
     if view not in _VIEWS:
         raise InputError("view", f"must be 'actual' or 'client', got {view!r}")
     _require_steps(arr)
     S, C = len(arr.step_end), len(arr.clients)
-    n_e = arr.extend if view == "actual" else arr.prompt_len
-    c = arr.client_idx
-    # per-step increments: w_e*n_e at admit_step; w_q on admit_step..finish_step via a difference array
-    charge = weights.w_e * n_e.astype(np.float64)
-    inc = np.bincount(arr.admit_step * C + c, weights=charge, minlength=S * C)
-    diff = np.bincount(arr.admit_step * C + c, minlength=(S + 1) * C).astype(np.float64)
-    diff -= np.bincount((arr.finish_step + 1) * C + c, minlength=(S + 1) * C)
-    per_step = inc.reshape(S, C) + weights.w_q * np.cumsum(diff.reshape(S + 1, C), axis=0)[:S]
+    c_of = arr.client_idx
+    if view == "actual":
+        pc = c_of[arr.piece_rec]
+        inc = np.bincount(arr.piece_step * C + pc, weights=weights.w_e * arr.piece_tokens.astype(np.float64),
+                          minlength=S * C)
+    else:
+        inc = np.bincount(arr.admit_step * C + c_of, weights=weights.w_e * arr.prompt_len.astype(np.float64),
+                          minlength=S * C)
+    sc = c_of[arr.span_rec]
+    if arr.simple:
+        diff = np.bincount(arr.span_first * C + sc, minlength=(S + 1) * C).astype(np.float64)
+        diff -= np.bincount((arr.span_end + 1) * C + sc, minlength=(S + 1) * C)
+        per_step = inc.reshape(S, C) + weights.w_q * np.cumsum(diff.reshape(S + 1, C), axis=0)[:S]
+    else:
+        # one token at span_first; one per decode-capable step in (span_first, span_end]
+        first = np.bincount(arr.span_first * C + sc, minlength=S * C).astype(np.float64)
+        diff = np.bincount((arr.span_first + 1) * C + sc, minlength=(S + 1) * C).astype(np.float64)
+        diff -= np.bincount((arr.span_end + 1) * C + sc, minlength=(S + 1) * C)
+        dec = np.cumsum(diff.reshape(S + 1, C), axis=0)[:S] * arr.decode_cap[:, None]
+        per_step = inc.reshape(S, C) + weights.w_q * (first.reshape(S, C) + dec)
     return np.cumsum(per_step, axis=0)
 
 
@@ -321,9 +441,10 @@ def _merge_intervals(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np
 
 def _backlog(arr: TraceArrays) -> list[tuple[np.ndarray, np.ndarray]]:
     out = []
+    wc = arr.client_idx[arr.wait_rec]
     for c in range(len(arr.clients)):
-        m = arr.client_idx == c
-        out.append(_merge_intervals(arr.arrival[m], arr.admit[m]))
+        m = wc == c
+        out.append(_merge_intervals(arr.wait_start[m], arr.wait_end[m]))
     return out
 
 
@@ -331,7 +452,8 @@ def backlog_intervals(trace: Trace | TraceArrays) -> dict[str, list[tuple[float,
     """When each client is backlogged: it has at least one request that has arrived and is waiting.
 
     This is VTC's and DLPM's notion (vtc_fastswitch_preble.md §A.1: membership in the waiting queue
-    Q, which excludes running requests): request r waits on ``[arrival, admit)``; a client's backlog
+    Q, which excludes running requests): request r waits on ``[arrival, admit)`` and, after each
+    retraction, from the end of the retracting step to its re-admission; a client's backlog
     is the union of its requests' waiting intervals, with touching intervals merged (a request
     admitted at the instant another arrives leaves no gap). Half-open ``[t_start, t_end)``, seconds.
 

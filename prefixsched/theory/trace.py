@@ -4,27 +4,78 @@ A :class:`Trace` is raw facts only (times, token counts, step indices). Every me
 service curve is computed from it by :mod:`prefixsched.theory.metrics`; the independent checker
 (:mod:`prefixsched.theory.schedule`) replays it against its :class:`~prefixsched.theory.model.Instance`.
 
-Step semantics (DESIGN.md; issue #2 item 6). Steps are numbered 0, 1, 2, ... and step ``s`` runs
-over ``[step_start[s], step_end[s])``; a step has zero length only where the cost model says so (the
-token-unit clock of :meth:`CostModel.token_units` makes decode-only steps free). A request admitted in step ``a`` is prefilled in that step
-(``extend_tokens`` uncached prompt tokens, ``cached_tokens`` reused from the prefix cache) and its
-first output token appears at ``step_end[a]``; it then decodes one token in each following step, so
-it produces output token ``j`` (0-based) in step ``a + j`` and finishes in step
-``finish_step = a + output_len - 1`` at ``step_end[finish_step]``. Hence the per-client service
-timeline is fully determined by the request records: request r adds ``w_e * extend_tokens`` in step
-``admit_step`` and ``w_q`` in each step ``admit_step .. finish_step``.
+Steps (DESIGN.md). Steps are numbered 0, 1, 2, ... and step ``s`` runs over
+``[step_start[s], step_end[s])``. Each step has a *kind* (:attr:`Trace.step_kinds`, one character per
+step):
 
+- ``"M"`` (mixed; the ``ideal`` engine, the papers' model): the step prefills the requests admitted in
+  it *and* decodes one token for every request already running;
+- ``"P"`` (prefill; the ``sglang`` engine): an extend batch only (SGLang runs a new prefill batch
+  instead of a decode step whenever it can form one: ``Scheduler.get_next_batch_to_run``);
+- ``"D"`` (decode; the ``sglang`` engine): one token for every running request, no prefill.
+
+``step_kinds=None`` means every step is ``"M"``. A step has zero length only where the cost model
+says so (the token-unit clock of :meth:`CostModel.token_units` makes decode-only steps free).
 Steps in which nothing runs are not recorded: the engine jumps to the next arrival.
+
+Runs. A request's life is one or more *runs* (:class:`Run`). A run starts when the request is
+admitted from the waiting queue (its prefix hit ``cached_tokens`` is claimed then), prefills its
+fill in one or more *chunks* (chunked prefill: ``(step, tokens)`` pieces in prefill-capable steps),
+produces one output token at the end of its last chunk's step, then one token in every
+decode-capable step (``"M"`` or ``"D"``) up to and including ``end_step``, and ends with
+``"finish"`` (the last output token) or ``"retract"`` (SGLang's decode retraction: its KV is freed,
+it re-enters the waiting queue and a later run re-prefills ``prompt + outputs so far``, reusing what
+the cache still holds). The fill of run ``k`` is ``prompt_len + (tokens produced by runs < k)``
+tokens and its chunks add up to ``fill - cached_tokens``.
+
+A request of one run with one chunk in ``admit_step`` (every request of the ``ideal`` engine) stores
+no runs (``runs=None``): its run is ``Run(admit_step, cached_tokens, ((admit_step, extend_tokens),),
+finish_step, "finish")``. :meth:`RequestRecord.all_runs` gives the runs in either case.
+
+In the ``ideal`` engine (all steps ``"M"``) a request admitted in step ``a`` produces output token
+``j`` (0-based) in step ``a + j`` and finishes in ``a + output_len - 1``, so its service timeline is
+fully determined by its record: ``w_e * extend_tokens`` in ``admit_step`` and ``w_q`` in each step
+``admit_step .. finish_step``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefixsched.errors import InputError
 
-__all__ = ["RequestRecord", "Trace"]
+__all__ = ["Run", "RequestRecord", "Trace", "STEP_KINDS", "RUN_ENDS"]
+
+#: Step kinds (one character each): mixed (ideal engine), prefill, decode (sglang engine).
+STEP_KINDS = ("M", "P", "D")
+#: How a run ends.
+RUN_ENDS = ("finish", "retract")
+
+
+class Run(NamedTuple):
+    """One admission of a request (module docstring, "Runs").
+
+    Attributes
+    ----------
+    admit_step:
+        The step of its first chunk.
+    cached_tokens:
+        Prefix tokens served by the cache at admission (page-aligned; at most ``fill - 1``).
+    chunks:
+        ``((step, tokens), ...)``: the prefill pieces, in step order (a chunked request's pieces lie
+        in consecutive prefill steps); ``tokens`` are extend tokens, ``sum == fill - cached_tokens``.
+    end_step:
+        The last step in which it produced an output token (``>=`` its last chunk's step).
+    end:
+        ``"finish"`` or ``"retract"``.
+    """
+
+    admit_step: int
+    cached_tokens: int
+    chunks: tuple[tuple[int, int], ...]
+    end_step: int
+    end: str
 
 
 @dataclass(frozen=True)
@@ -36,16 +87,23 @@ class RequestRecord:
     id, client, arrival:
         Copied from the request.
     admit:
-        Start time of the step that admitted (prefilled) it.
+        Start time of the step of its first admission (its first chunk).
     first_token:
-        End time of that step (TTFT = first_token - arrival).
+        End time of the step that produced its first output token (TTFT = first_token - arrival).
     finish:
         End time of the step that produced its last output token.
     admit_step, finish_step:
-        Step indices (``finish_step = admit_step + output_len - 1``).
-    prompt_len, cached_tokens, extend_tokens, output_len:
-        ``cached_tokens + extend_tokens == prompt_len``; ``cached_tokens`` is the prefix hit
-        claimed by the engine at admission.
+        Step indices of the first admission and of the last output token.
+    prompt_len, output_len:
+        From the request.
+    cached_tokens:
+        The prefix hit claimed at the *first* admission (what the hit rate counts).
+    extend_tokens:
+        Every token prefilled for it, over all chunks and runs (the actual prefill work). With one
+        run, ``cached_tokens + extend_tokens == prompt_len``.
+    runs:
+        ``None`` for a request of one run with one chunk (module docstring), else every
+        :class:`Run` in order.
     """
 
     id: str
@@ -60,6 +118,43 @@ class RequestRecord:
     cached_tokens: int
     extend_tokens: int
     output_len: int
+    runs: tuple[Run, ...] | None = None
+
+    def all_runs(self) -> tuple[Run, ...]:
+        """The runs of this request (the implied single run when ``runs is None``)."""
+        if self.runs is not None:
+            return self.runs
+        return (Run(self.admit_step, self.cached_tokens, ((self.admit_step, self.extend_tokens),),
+                    self.finish_step, "finish"),)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.runs is None:
+            del d["runs"]
+        else:
+            d["runs"] = [[r.admit_step, r.cached_tokens, [list(c) for c in r.chunks], r.end_step, r.end]
+                         for r in self.runs]
+        return d
+
+    @staticmethod
+    def from_dict(d: Any, where: str = "trace.requests[?]") -> "RequestRecord":
+        if not isinstance(d, dict):
+            raise InputError(where, f"must be a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        raw = d.pop("runs", None)
+        runs: tuple[Run, ...] | None = None
+        if raw is not None:
+            try:
+                runs = tuple(
+                    Run(int(a), int(c), tuple((int(s), int(t)) for s, t in ch), int(e), str(end))
+                    for a, c, ch, e, end in raw
+                )
+            except (TypeError, ValueError) as e:
+                raise InputError(f"{where}.runs", f"malformed runs: {e}") from None
+        try:
+            return RequestRecord(**d, runs=runs)
+        except TypeError as e:
+            raise InputError(where, str(e)) from None
 
 
 @dataclass
@@ -75,8 +170,11 @@ class Trace:
     step_start, step_end:
         Seconds; ``step_start[s] <= step_end[s] <= step_start[s+1]``.
     meta:
-        Free-form run facts: seed, cache statistics (hit tokens, evicted tokens), wall time is
-        *never* stored here (it would break byte-identical output).
+        Free-form run facts: seed, engine, cache statistics (hit tokens, evicted tokens); wall time
+        is *never* stored here (it would break byte-identical output).
+    step_kinds:
+        One character per step, ``"M"``, ``"P"`` or ``"D"`` (module docstring); ``None`` = all
+        ``"M"``.
     """
 
     policy: dict[str, Any]
@@ -84,19 +182,27 @@ class Trace:
     step_start: list[float]
     step_end: list[float]
     meta: dict[str, Any] = field(default_factory=dict)
+    step_kinds: str | None = None
 
     @property
     def n_steps(self) -> int:
         return len(self.step_start)
 
+    def kinds(self) -> str:
+        """The step kinds as a string of length ``n_steps`` (``"M" * n_steps`` when unset)."""
+        return "M" * self.n_steps if self.step_kinds is None else self.step_kinds
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "policy": self.policy,
-            "requests": [asdict(r) for r in self.requests],
+            "requests": [r.to_dict() for r in self.requests],
             "step_start": list(self.step_start),
             "step_end": list(self.step_end),
             "meta": self.meta,
         }
+        if self.step_kinds is not None:
+            d["step_kinds"] = self.step_kinds
+        return d
 
     @staticmethod
     def from_dict(d: Any) -> "Trace":
@@ -105,14 +211,15 @@ class Trace:
         for key in ("policy", "requests", "step_start", "step_end"):
             if key not in d:
                 raise InputError(f"trace.{key}", "missing")
-        try:
-            records = [RequestRecord(**r) for r in d["requests"]]
-        except TypeError as e:
-            raise InputError("trace.requests", str(e)) from None
+        records = [RequestRecord.from_dict(r, f"trace.requests[{i}]") for i, r in enumerate(d["requests"])]
+        kinds = d.get("step_kinds")
+        if kinds is not None and (not isinstance(kinds, str) or set(kinds) - set(STEP_KINDS)):
+            raise InputError("trace.step_kinds", f"must be a string of {'/'.join(STEP_KINDS)}, got {kinds!r:.40}")
         return Trace(
             policy=dict(d["policy"]),
             requests=records,
             step_start=[float(x) for x in d["step_start"]],
             step_end=[float(x) for x in d["step_end"]],
             meta=dict(d.get("meta", {})),
+            step_kinds=kinds,
         )
