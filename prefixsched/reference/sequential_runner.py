@@ -129,6 +129,10 @@ class _SeqSnapshot:
             if client is None or self._inst.requests[i].client == client:
                 yield self._entry(i)
 
+    def queue(self) -> Iterator[_Entry]:
+        """The sequential models' queue order is FCFS."""
+        return self.fcfs()
+
     def lpm(self, client: str | None = None) -> Iterator[_Entry]:
         entries = list(self.fcfs(client))
         entries.sort(key=lambda e: (-e.cached_tokens, e.request.arrival, e.seq))

@@ -54,25 +54,37 @@ class Entry:
         ``prompt_len - 1`` tokens are matched, so at least one token is prefilled and the cached
         prefix is page-aligned; with ``page_size == 1`` this is ``min(pages, prompt_len - 1)``.
     keys:
-        Page keys of the prompt (full pages only).
+        Page keys of the fill (full pages only): the prompt, or on the ``sglang`` engine, for a
+        retracted request, its prompt + the output tokens it had produced.
     ci:
         Index of the client in order of first appearance in the instance.
+    fill_len:
+        Tokens to prefill if nothing were cached: ``prompt_len``, or ``prompt_len + produced`` for
+        a retracted request (SGLang re-prefills ``origin_input_ids + output_ids``).
+    out_left:
+        Output tokens it still has to produce (``output_len`` unless retracted).
 
     The simulator updates ``cached_tokens``/``extend_tokens``/``pages`` in place; policies must
     treat an entry as read-only.
     """
 
-    __slots__ = ("request", "seq", "cached_tokens", "extend_tokens", "pages", "used", "keys", "ci", "lpm_key")
+    __slots__ = (
+        "request", "seq", "cached_tokens", "extend_tokens", "pages", "used", "keys", "ci", "lpm_key",
+        "fill_len", "out_left",
+    )
 
-    def __init__(self, request: Request, seq: int, keys: tuple, ci: int) -> None:
+    def __init__(self, request: Request, seq: int, keys: tuple, ci: int, fill_len: int | None = None,
+                 out_left: int | None = None) -> None:
         self.request = request
         self.seq = seq
         self.keys = keys
         self.ci = ci
+        self.fill_len = request.prompt_len if fill_len is None else fill_len
+        self.out_left = request.output_len if out_left is None else out_left
         self.pages = 0
         self.used = 0
         self.cached_tokens = 0
-        self.extend_tokens = request.prompt_len
+        self.extend_tokens = self.fill_len
         self.lpm_key = 0
 
     def __repr__(self) -> str:
@@ -135,7 +147,7 @@ class WaitingIndex:
 
     def _cached(self, e: Entry, pages: int) -> None:
         ps = self.page_size
-        plen = e.request.prompt_len
+        plen = e.fill_len
         cap = (plen - 1) // ps
         used = pages if pages < cap else cap
         c = used * ps
@@ -169,7 +181,7 @@ class WaitingIndex:
         n = self._n
         ci = e.ci
         k1 = e.extend_tokens * n + e.seq
-        k2 = (e.extend_tokens + e.request.output_len) * n + e.seq
+        k2 = (e.extend_tokens + e.out_left) * n + e.seq
         self.ext_keys.add(k1)
         self.need_keys.add(k2)
         self.ext_by[ci].add(k1)
@@ -192,7 +204,7 @@ class WaitingIndex:
         n = self._n
         ci = e.ci
         k1 = e.extend_tokens * n + e.seq
-        k2 = (e.extend_tokens + e.request.output_len) * n + e.seq
+        k2 = (e.extend_tokens + e.out_left) * n + e.seq
         self.ext_keys.remove(k1)
         self.need_keys.remove(k2)
         self.ext_by[ci].remove(k1)
@@ -223,7 +235,7 @@ class WaitingIndex:
             sl.remove(old)
             sl.add(e.lpm_key)
             n = self._n
-            out = e.request.output_len
+            out = e.out_left
             o1, k1 = old_ext * n + e.seq, e.extend_tokens * n + e.seq
             o2, k2 = (old_ext + out) * n + e.seq, (e.extend_tokens + out) * n + e.seq
             for a, b in ((self.ext_keys, self.need_keys), (self.ext_by[e.ci], self.need_by[e.ci])):

@@ -299,7 +299,24 @@ def check_trace(
                     f"{_t(step_end[s])}",
                 )
 
-    # ---- causality & tokens (per record, vectorised) ---------------------------------------
+    # ---- step kinds -----------------------------------------------------------------------
+    kinds = trace.step_kinds
+    if kinds is not None and (len(kinds) != S or set(kinds) - {"M", "P", "D"}):
+        col.add("steps", f"step_kinds has {len(kinds)} entries (of M/P/D), the trace has {S} steps")
+        kinds = None
+    kind_arr = (np.frombuffer(kinds.encode("ascii"), dtype=np.uint8)[:S] if kinds is not None
+                else np.full(S, ord("M"), dtype=np.uint8))
+    is_p = kind_arr == ord("P")
+    is_d = kind_arr == ord("D")
+    is_m = kind_arr == ord("M")
+    dcap = ~is_p  # decode-capable: M or D
+    Dc = np.cumsum(dcap.astype(np.int64))  # decode-capable steps in 0..s
+
+    # ---- runs: structure, tokens, causality -------------------------------------------------
+    arr = trace_arrays(trace)
+    n = len(arr.ids)
+    runs_flat = _flatten_runs(trace, instance, rec_for, S, dcap, Dc, col)
+    ok_rec = runs_flat.ok_rec
     a_step, f_step = arr.admit_step, arr.finish_step
     for k in np.flatnonzero(arr.arrival > arr.admit + _time_tol(arr.admit)):
         col.add(
@@ -307,21 +324,21 @@ def check_trace(
             f"request {arr.ids[k]!r}: admitted at {_t(arr.admit[k])} before its arrival at "
             f"{_t(arr.arrival[k])}",
         )
-    idx_ok = (a_step >= 0) & (f_step >= a_step) & (f_step < S)
-    for k in np.flatnonzero(~idx_ok):
+    idx_ok = (a_step >= 0) & (f_step >= a_step) & (f_step < S) & ok_rec
+    for k in np.flatnonzero(~((a_step >= 0) & (f_step >= a_step) & (f_step < S))):
         col.add(
             "causality",
             f"request {arr.ids[k]!r}: step indices admit_step={a_step[k]}, finish_step={f_step[k]} "
             f"not within 0 <= admit_step <= finish_step < n_steps = {S}",
         )
     ok_idx = np.flatnonzero(idx_ok)
-    a_ok, f_ok = a_step[ok_idx], f_step[ok_idx]
+    first_step = runs_flat.first_token_step
     for field_name, times, clock, steps, clock_name in (
         ("admit", arr.admit, step_start, a_step, "step_start"),
-        ("first_token", arr.first_token, step_end, a_step, "step_end"),
+        ("first_token", arr.first_token, step_end, first_step, "step_end"),
         ("finish", arr.finish, step_end, f_step, "step_end"),
     ):
-        x, y = times[ok_idx], clock[steps[ok_idx]]
+        x, y = times[ok_idx], clock[np.clip(steps[ok_idx], 0, max(S - 1, 0))]
         for j in np.flatnonzero(np.abs(x - y) > _time_tol(np.maximum(np.abs(x), np.abs(y)))):
             k = ok_idx[j]
             col.add(
@@ -329,13 +346,14 @@ def check_trace(
                 f"request {arr.ids[k]!r}: {field_name} {_t(times[k])} != {clock_name}[{steps[k]}] = "
                 f"{_t(clock[steps[k]])}",
             )
-    for k in np.flatnonzero(arr.finish_step != arr.admit_step + arr.output_len - 1):
+    simple = runs_flat.simple
+    for k in np.flatnonzero(simple & is_m[np.clip(a_step, 0, max(S - 1, 0))] & (arr.finish_step != arr.admit_step + arr.output_len - 1) & idx_ok):
         col.add(
             "causality",
             f"request {arr.ids[k]!r}: finish_step {f_step[k]} != admit_step {a_step[k]} + "
             f"output_len {arr.output_len[k]} - 1",
         )
-    for k in np.flatnonzero(arr.cached + arr.extend != arr.prompt_len):
+    for k in np.flatnonzero(simple & (arr.cached + arr.extend != arr.prompt_len)):
         col.add(
             "tokens",
             f"request {arr.ids[k]!r}: cached_tokens {arr.cached[k]} + extend_tokens {arr.extend[k]} "
@@ -346,32 +364,44 @@ def check_trace(
     for k in np.flatnonzero(arr.cached < 0):
         col.add("tokens", f"request {arr.ids[k]!r}: cached_tokens {arr.cached[k]} < 0")
 
-    # ---- step aggregates (only records with valid step indices) ----------------------------
+    # ---- step aggregates (runs of records with valid step indices) --------------------------
     stats: dict[str, Any] = {"n_requests": n, "n_steps": S}
+    R = runs_flat.select(idx_ok)
     if S:
         cm = instance.cost_model
         lim = instance.limits
-        pl = arr.prompt_len[ok_idx].astype(np.float64)
-        ext = arr.extend[ok_idx]
-        w_ext = (1.0 + cm.c_attn * pl) * ext.astype(np.float64)
-        E = np.bincount(a_ok, weights=w_ext, minlength=S)[:S]
-        ext_sum = np.bincount(a_ok, weights=ext.astype(np.float64), minlength=S)[:S]
-        n_adm = np.bincount(a_ok, minlength=S)[:S]
-        # decoding before step s: admit_step < s <= finish_step
+        ps = lim.page_size
+        # prefill pieces
+        w_ext = (1.0 + cm.c_attn * R.piece_fill.astype(np.float64)) * R.piece_tokens.astype(np.float64)
+        E = np.bincount(R.piece_step, weights=w_ext, minlength=S)[:S]
+        ext_sum = np.bincount(R.piece_step, weights=R.piece_tokens.astype(np.float64), minlength=S)[:S]
+        paged = -(-R.piece_tokens // ps) * ps
+        paged_sum = np.bincount(R.piece_step, weights=paged.astype(np.float64), minlength=S)[:S]
+        paged_max = np.zeros(S)
+        np.maximum.at(paged_max, R.piece_step, paged.astype(np.float64))
+        n_adm = np.bincount(R.piece_step, minlength=S)[:S]
+        for st in np.flatnonzero(is_d & (n_adm > 0)):
+            col.add("steps", f"step {st}: a decode step (kind D) holds {n_adm[st]} prefill chunk(s)")
+        # decoding runs: decode-capable steps in (first, end]
         dec = np.zeros(S + 1, dtype=np.int64)
-        np.add.at(dec, a_ok + 1, 1)
-        np.add.at(dec, f_ok + 1, -1)
-        n_dec = np.cumsum(dec)[:S]
-        in_flight = n_adm + n_dec
+        np.add.at(dec, R.span_first + 1, 1)
+        np.add.at(dec, R.span_end + 1, -1)
+        members = np.cumsum(dec)[:S]
+        n_dec = np.where(dcap, members, 0)
         if cm.decode_per_context_token_s > 0:
-            # context of r before step s = prompt_len + s - admit_step, summed over decoding r
+            # context after step s of a member = fill + (Dc[s] - Dc[first])
             base = np.zeros(S + 1, dtype=np.float64)
-            v = pl - a_ok
-            np.add.at(base, a_ok + 1, v)
-            np.add.at(base, f_ok + 1, -v)
-            C = np.cumsum(base)[:S] + np.arange(S) * n_dec
+            v = R.span_fill.astype(np.float64) - Dc[R.span_first]
+            np.add.at(base, R.span_first + 1, v)
+            np.add.at(base, R.span_end + 1, -v)
+            C = np.where(dcap, np.cumsum(base)[:S] + members * Dc, 0.0)
         else:
             C = np.zeros(S)
+        # requests in flight: runs with first chunk <= s <= end
+        fl = np.zeros(S + 1, dtype=np.int64)
+        np.add.at(fl, R.run_start, 1)
+        np.add.at(fl, R.span_end + 1, -1)
+        in_flight = np.cumsum(fl)[:S]
         prefill = np.where(E > 0, cm.prefill_base_s + cm.prefill_per_token_s * E, 0.0)
         decode = np.where(
             n_dec > 0,
@@ -381,36 +411,53 @@ def check_trace(
         expect = prefill + decode
         got = step_end - step_start
         tol = _REL_DURATION * np.abs(expect) + _time_tol(step_start) + _time_tol(step_end)
-        for s in np.flatnonzero(np.abs(got - expect) > tol):
+        for st in np.flatnonzero(np.abs(got - expect) > tol):
             col.add(
                 "duration",
-                f"step {s}: duration {_t(got[s])} s but the cost model gives {_t(expect[s])} s "
-                f"(weighted extend {E[s]:g}, decode batch {n_dec[s]}, context {C[s]:g})",
+                f"step {st}: duration {_t(got[st])} s but the cost model gives {_t(expect[st])} s "
+                f"(weighted extend {E[st]:g}, decode batch {n_dec[st]}, context {C[st]:g})",
             )
-        for s in np.flatnonzero(in_flight == 0):
+        busy = np.where(is_p, n_adm, np.where(is_d, n_dec, in_flight))
+        for st in np.flatnonzero(busy == 0):
             col.add(
-                "steps", f"step {s}: no request is admitted or running in it (empty steps are not recorded)"
+                "steps", f"step {st}: no request is admitted or running in it (empty steps are not recorded)"
             )
-        for s in np.flatnonzero(in_flight > lim.max_running_requests):
+        for st in np.flatnonzero(in_flight > lim.max_running_requests):
             col.add(
                 "limits",
-                f"step {s}: {in_flight[s]} requests in flight ({n_adm[s]} admitted + {n_dec[s]} "
+                f"step {st}: {in_flight[st]} requests in flight ({n_adm[st]} admitted + {in_flight[st] - n_adm[st]} "
                 f"decoding) > max_running_requests {lim.max_running_requests}",
             )
-        for s in np.flatnonzero((ext_sum > lim.max_prefill_tokens) & (n_adm > 1)):
+        for st in np.flatnonzero(is_m & (ext_sum > lim.max_prefill_tokens) & (n_adm > 1)):
             col.add(
                 "limits",
-                f"step {s}: {n_adm[s]} requests admitted with {int(ext_sum[s])} extend tokens "
+                f"step {st}: {n_adm[st]} requests admitted with {int(ext_sum[st])} extend tokens "
                 f"> max_prefill_tokens {lim.max_prefill_tokens}",
             )
+        # SGLang's PrefillAdder: every request but the last one added leaves budget
+        # (rem_input_tokens > 0), and the chunk budget holds the page-rounded extends
+        for st in np.flatnonzero(is_p & (n_adm > 1) & (paged_sum - paged_max >= lim.max_prefill_tokens)):
+            col.add(
+                "limits",
+                f"step {st}: {n_adm[st]} chunks of {int(paged_sum[st])} page-rounded tokens: all but the largest "
+                f"already reach max_prefill_tokens {lim.max_prefill_tokens}",
+            )
+        chunk = lim.chunked_prefill_size
+        if chunk is not None:
+            for st in np.flatnonzero(is_p & (paged_sum > chunk + ps - 1)):
+                col.add(
+                    "chunks",
+                    f"step {st}: {int(paged_sum[st])} page-rounded extend tokens > chunked_prefill_size {chunk}",
+                )
+        runs_flat.check_chunks(col, is_p, S, chunk)
         stats["peak_running"] = int(in_flight.max())
         stats["max_step_extend"] = int(ext_sum.max())
+        if is_p.any() or is_d.any():
+            _check_reservations(instance, trace, R, is_p, Dc, col, stats)
 
     # ---- prompt-based checks: cache-hit claims and KV capacity ----------------------------
-    # pair every valid record with its instance request
-    matched = [(i, pos) for i, pos in enumerate(rec_for) if pos >= 0 and idx_ok[pos]]
-    if matched and S:
-        _check_prompts(instance, arr, matched, col, stats)
+    if S and len(R.run_rec):
+        _check_prompts(instance, R, runs_flat.reqs, col, stats, reserve_output=not (is_p.any() or is_d.any()))
 
     stats["violation_counts"] = dict(col.counts)
     report = CheckReport(ok=not col.counts, violations=col.finish(), stats=stats)
@@ -419,29 +466,319 @@ def check_trace(
     return report
 
 
-def _check_prompts(
-    instance: Instance,
-    arr: TraceArrays,
-    matched: list[tuple[int, int]],
-    col: _Collector,
+@dataclass
+class _Runs:
+    """Every run of every record, flattened (record order, then run order).
+
+    Per run: ``run_rec`` (record position), ``run_req`` (instance index), ``run_start`` (step of
+    the first chunk), ``span_first`` (step of the last chunk: it produces a token), ``span_end``,
+    ``span_fill`` (the run's fill in tokens), ``run_cached``, ``run_produced`` (tokens produced by
+    earlier runs), ``run_chunked`` (several chunks); per chunk: ``piece_run``, ``piece_step``,
+    ``piece_tokens``, ``piece_fill``.
+    """
+
+    reqs: list[Request]
+    ok_rec: np.ndarray
+    simple: np.ndarray
+    first_token_step: np.ndarray
+    run_rec: np.ndarray
+    run_req: np.ndarray
+    run_start: np.ndarray
+    span_first: np.ndarray
+    span_end: np.ndarray
+    span_fill: np.ndarray
+    run_cached: np.ndarray
+    run_produced: np.ndarray
+    run_n_chunks: np.ndarray
+    piece_run: np.ndarray
+    piece_step: np.ndarray
+    piece_tokens: np.ndarray
+    piece_fill: np.ndarray
+    piece_index: np.ndarray  # position of the chunk in its run
+
+    def select(self, rec_mask: np.ndarray) -> "_Runs":
+        keep_run = rec_mask[self.run_rec]
+        new_id = np.cumsum(keep_run) - 1
+        keep_piece = keep_run[self.piece_run]
+        return _Runs(
+            reqs=[r for r, k in zip(self.reqs, keep_run) if k],
+            ok_rec=self.ok_rec, simple=self.simple, first_token_step=self.first_token_step,
+            run_rec=self.run_rec[keep_run], run_req=self.run_req[keep_run], run_start=self.run_start[keep_run],
+            span_first=self.span_first[keep_run], span_end=self.span_end[keep_run],
+            span_fill=self.span_fill[keep_run], run_cached=self.run_cached[keep_run],
+            run_produced=self.run_produced[keep_run], run_n_chunks=self.run_n_chunks[keep_run],
+            piece_run=new_id[self.piece_run[keep_piece]], piece_step=self.piece_step[keep_piece],
+            piece_tokens=self.piece_tokens[keep_piece], piece_fill=self.piece_fill[keep_piece],
+            piece_index=self.piece_index[keep_piece],
+        )
+
+    def check_chunks(self, col: "_Collector", is_p: np.ndarray, S: int, chunk: int | None) -> None:
+        """A chunked run's chunks lie in consecutive prefill steps (SGLang resumes the chunked
+        request first in the very next pass, which is always a prefill), chunking exists only
+        with ``chunked_prefill_size`` set, and at most one request per step is left mid-prefill."""
+        multi = np.flatnonzero(self.run_n_chunks > 1)
+        if not len(multi):
+            return
+        if chunk is None:
+            k = int(multi[0])
+            col.add("chunks", f"request {self.reqs[k].id!r}: prefilled in {self.run_n_chunks[k]} chunks but "
+                    "chunked_prefill_size is off")
+        order = np.lexsort((self.piece_index, self.piece_run))
+        pr, pst = self.piece_run[order], self.piece_step[order]
+        same = pr[1:] == pr[:-1]
+        bad = np.flatnonzero(same & (pst[1:] != pst[:-1] + 1))
+        for j in bad[:20]:
+            col.add("chunks", f"request {self.reqs[pr[j]].id!r}: chunk in step {pst[j]} is not followed by the "
+                    f"next one in step {pst[j] + 1} (got {pst[j + 1]})")
+        mid = pst[:-1][same]  # steps that leave a run mid-prefill
+        cnt = np.bincount(mid, minlength=S)
+        for st in np.flatnonzero(cnt > 1):
+            col.add("chunks", f"step {st}: {cnt[st]} requests left mid-prefill (SGLang chunks one at a time)")
+        for st in np.flatnonzero((cnt > 0) & ~is_p[:S] & (np.arange(S) < len(cnt))):
+            col.add("chunks", f"step {st}: a chunked prefill in a step of kind other than P")
+
+
+def _flatten_runs(
+    trace: Trace, instance: Instance, rec_for: list[int], S: int, dcap: np.ndarray, Dc: np.ndarray,
+    col: "_Collector",
+) -> _Runs:
+    """Flatten every record's runs and check their structure (kind ``runs``): the runs of a request
+    are in step order and do not overlap; every run but the last ends with a retraction, the last
+    with ``finish``; each run's chunks add up to its fill (``prompt + tokens produced before``)
+    minus its page-aligned cached prefix (``< fill``); each run produces at least one token (one at
+    its last chunk, one per decode-capable step after it up to its end) and all of them add up to
+    ``output_len``; ``cached_tokens`` is the first run's, ``extend_tokens`` the sum of all chunks."""
+    recs = trace.requests
+    inst_reqs = instance.requests
+    index_of = {r.id: i for i, r in enumerate(inst_reqs)}
+    ps = instance.limits.page_size
+    nrec = len(recs)
+    ok = np.ones(nrec, dtype=bool)
+    simple = np.zeros(nrec, dtype=bool)
+    fts = np.zeros(nrec, dtype=np.int64)
+    R: dict[str, list[int]] = {k: [] for k in ("rec", "req", "start", "first", "end", "fill", "cached", "produced", "nch")}
+    P: dict[str, list[int]] = {k: [] for k in ("run", "step", "tok", "fill", "idx")}
+    reqs_list: list[Request] = []
+    for pos, rec in enumerate(recs):
+        i = index_of.get(rec.id)
+        req = inst_reqs[i] if i is not None else None
+        if rec.runs is None:
+            simple[pos] = True
+            fts[pos] = rec.admit_step
+            runs = rec.all_runs()
+        else:
+            runs = rec.runs
+            if not runs:
+                col.add("runs", f"request {rec.id!r}: empty runs")
+                ok[pos] = False
+                continue
+        where = f"request {rec.id!r}"
+        quiet = rec.runs is None  # the implied run: its facts are checked on the record itself
+        produced = 0
+        prev_end = -1
+        total_ext = 0
+        bad = False
+        for k, run in enumerate(runs):
+            a, c, chunks, e, end = run
+            if not chunks:
+                col.add("runs", f"{where}: run {k} has no prefill chunk")
+                bad = True
+                break
+            steps = [st for st, _ in chunks]
+            if steps[0] != a or any(y <= x for x, y in zip(steps, steps[1:])) or not (0 <= a and steps[-1] <= e < S):
+                if not quiet:
+                    col.add("runs", f"{where}: run {k} steps (admit {a}, chunks {steps}, end {e}) are not ordered "
+                            f"inside 0..{S - 1}")
+                bad = True
+                break
+            if a <= prev_end:
+                col.add("runs", f"{where}: run {k} starts in step {a}, before run {k - 1} ended (step {prev_end})")
+                bad = True
+                break
+            want_end = "finish" if k == len(runs) - 1 else "retract"
+            if end != want_end:
+                col.add("runs", f"{where}: run {k} ends with {end!r}, expected {want_end!r}")
+            fill = rec.prompt_len + produced
+            tok = sum(t for _, t in chunks)
+            if not quiet and any(t < 1 for _, t in chunks):
+                col.add("runs", f"{where}: run {k} has a chunk of fewer than 1 token")
+            if not quiet and (c < 0 or c % ps or (c >= fill and fill > 0) or c + tok != fill):
+                col.add("tokens", f"{where}: run {k}: cached {c} (page-aligned, < fill) + chunks {tok} != fill {fill} "
+                        f"(prompt {rec.prompt_len} + {produced} produced before)")
+            made = 1 + int(Dc[e] - Dc[steps[-1]])
+            produced += made
+            total_ext += tok
+            if k == 0:
+                fts[pos] = steps[-1]
+            for j, (st, t) in enumerate(chunks):
+                P["run"].append(len(R["rec"]))
+                P["step"].append(st)
+                P["tok"].append(t)
+                P["fill"].append(fill)
+                P["idx"].append(j)
+            R["rec"].append(pos)
+            R["req"].append(-1 if i is None else i)
+            R["start"].append(a)
+            R["first"].append(steps[-1])
+            R["end"].append(e)
+            R["fill"].append(fill)
+            R["cached"].append(c)
+            R["produced"].append(produced - made)
+            R["nch"].append(len(chunks))
+            reqs_list.append(req if req is not None else _placeholder(rec))
+            prev_end = e
+        if bad:
+            ok[pos] = False
+            # drop this record's runs
+            while R["rec"] and R["rec"][-1] == pos:
+                r_id = len(R["rec"]) - 1
+                for key in R:
+                    R[key].pop()
+                reqs_list.pop()
+                while P["run"] and P["run"][-1] == r_id:
+                    for key in P:
+                        P[key].pop()
+            continue
+        if produced != rec.output_len and not (quiet and not trace.step_kinds):
+            col.add("runs", f"{where}: its runs produce {produced} tokens, output_len is {rec.output_len}")
+        if rec.runs is not None:
+            if rec.cached_tokens != runs[0].cached_tokens or rec.extend_tokens != total_ext:
+                col.add("tokens", f"{where}: cached_tokens {rec.cached_tokens} / extend_tokens {rec.extend_tokens} "
+                        f"disagree with its runs ({runs[0].cached_tokens} / {total_ext})")
+            if rec.admit_step != runs[0].admit_step or rec.finish_step != runs[-1].end_step:
+                col.add("causality", f"{where}: admit_step/finish_step {rec.admit_step}/{rec.finish_step} disagree with "
+                        f"its runs ({runs[0].admit_step}/{runs[-1].end_step})")
+    kinds_P = ~dcap
+    arrs = {k: np.asarray(v, dtype=np.int64) for k, v in R.items()}
+    parr = {k: np.asarray(v, dtype=np.int64) for k, v in P.items()}
+    if len(parr["step"]):
+        inb = (parr["step"] >= 0) & (parr["step"] < S)
+        if inb.all():
+            bad_kind = np.flatnonzero(~kinds_P[parr["step"]] & ~_m_steps(trace, S)[parr["step"]])
+            for j in bad_kind[:20]:
+                col.add("steps", f"request {reqs_list[parr['run'][j]].id!r}: prefill chunk in step {parr['step'][j]}, "
+                        "which is a decode step (kind D)")
+    return _Runs(
+        reqs=reqs_list, ok_rec=ok, simple=simple, first_token_step=fts,
+        run_rec=arrs["rec"], run_req=arrs["req"], run_start=arrs["start"], span_first=arrs["first"],
+        span_end=arrs["end"], span_fill=arrs["fill"], run_cached=arrs["cached"], run_produced=arrs["produced"],
+        run_n_chunks=arrs["nch"], piece_run=parr["run"], piece_step=parr["step"], piece_tokens=parr["tok"],
+        piece_fill=parr["fill"], piece_index=parr["idx"],
+    )
+
+
+def _m_steps(trace: Trace, S: int) -> np.ndarray:
+    k = trace.step_kinds
+    if k is None or len(k) != S:
+        return np.ones(S, dtype=bool)
+    return np.frombuffer(k.encode("ascii"), dtype=np.uint8) == ord("M")
+
+
+def _placeholder(rec: Any) -> Request:
+    """A stand-in request for a record the instance does not have (already reported)."""
+    return Request(id=rec.id, client=rec.client, arrival=0.0, prompt=(0,) * max(1, rec.prompt_len), output_len=max(1, rec.output_len))
+
+
+def _check_reservations(
+    instance: Instance, trace: Trace, R: _Runs, is_p: np.ndarray, Dc: np.ndarray, col: "_Collector",
     stats: dict[str, Any],
 ) -> None:
-    ps = instance.limits.page_size
-    reqs = [instance.requests[i] for i, _ in matched]
-    pos = np.array([p for _, p in matched], dtype=np.int64)
-    paths, U, n_nodes = prefix_paths(reqs, ps)
-    a_step = arr.admit_step[pos]
-    f_step = arr.finish_step[pos]
-    cached = arr.cached[pos]
-    plen = [r.prompt_len for r in reqs]
-    m = len(reqs)
+    """SGLang's admission budget, as a necessary condition (kind ``reserve``).
 
-    # -- cache-hit claims: process admit steps in order; query, then insert the step's prompts.
-    # A prompt q through node d shares min(d*U, len_q, len_r) tokens with r; whole pages of that.
+    A request SGLang admits in a prefill step passed ``extend + min(max_new - generated, clip) +
+    page < free + evictable - total_offset``, where ``total_offset`` already holds, per request of
+    the decode batch, ``min(max_new - generated, clip) * ratio`` and, per request admitted before it
+    in the step, its page-rounded extend + a page + ``min(max_new, clip)`` (0 while chunked). The
+    checker cannot know the tree's exact free + evictable tokens, so it uses the capacity minus the
+    prompt pages and private KV that the decode batch provably holds (a lower bound of what is not
+    free), and the smallest ``new_token_ratio`` the engine's configuration allows
+    (``trace.meta["sglang"]``; ratio 1 for ``ignore_eos``); decode-batch requests with
+    ``max_new > clip`` are left out (a lower bound again). So a violation proves the engine
+    over-admitted. Skipped when the trace has no sglang configuration.
+    """
+    cfg = trace.meta.get("sglang")
+    if not isinstance(cfg, dict):
+        return
+    try:
+        clip = int(cfg["clip_max_new_tokens"])
+        ratio_min = 1.0 if cfg.get("ignore_eos") else min(
+            float(cfg["init_new_token_ratio"]) * float(cfg["schedule_conservativeness"]), 1.0
+        ) * float(cfg["min_new_token_ratio_factor"])
+        ratio_min = min(ratio_min, 1.0)
+        mnt = cfg.get("max_new_tokens")
+    except (KeyError, TypeError, ValueError):
+        col.add("reserve", "trace.meta.sglang lacks the engine's admission configuration")
+        return
+    S = len(is_p)
+    lim = instance.limits
+    ps = lim.page_size
+    cap = lim.kv_capacity_tokens
+    out_len = np.array([r.output_len for r in R.reqs], dtype=np.int64)
+    prompt_len = np.array([r.prompt_len for r in R.reqs], dtype=np.int64)
+    max_new = out_len if mnt is None else np.maximum(out_len, int(mnt))
+    # decode-batch offsets at step s: members m (first < s <= end, with s a prefill step) contribute
+    # (max_new - produced_before_run - (1 + Dc[s-1] - Dc[first])) * ratio for max_new <= clip
+    lin = max_new <= clip
+    base = (max_new - R.run_produced - 1 + Dc[R.span_first]).astype(np.float64) * lin
+    diff_b = np.zeros(S + 1)
+    diff_n = np.zeros(S + 1)
+    np.add.at(diff_b, R.span_first + 1, base)
+    np.add.at(diff_b, R.span_end + 1, -base)
+    np.add.at(diff_n, R.span_first + 1, lin.astype(np.float64))
+    np.add.at(diff_n, R.span_end + 1, -lin.astype(np.float64))
+    Dprev = np.concatenate([[0], Dc[:-1]])
+    offset = ratio_min * (np.cumsum(diff_b)[:S] - np.cumsum(diff_n)[:S] * Dprev)
+    # what the decode batch provably holds: its prompt's full pages (counted once per request: a
+    # lower bound would need the shared-prefix union; the union is at most this, so use the union
+    # lower bound of 0 for shared prefixes: only private remainders and produced outputs count)
+    held_priv = ((R.span_fill - (prompt_len // ps) * ps) + R.run_produced * 0).astype(np.float64)
+    diff_h = np.zeros(S + 1)
+    np.add.at(diff_h, R.span_first + 1, held_priv)
+    np.add.at(diff_h, R.span_end + 1, -held_priv)
+    held = np.cumsum(diff_h)[:S]
+    # new runs admitted in prefill step s: their first chunk is in s and they are not continuations
+    first_piece = R.piece_index == 0
+    pr = R.piece_run[first_piece]
+    pst = R.piece_step[first_piece]
+    ptok = R.piece_tokens[first_piece]
+    whole = R.run_n_chunks[pr] == 1
+    need = (-(-ptok // ps) * ps + ps + np.where(whole, np.minimum(max_new[pr], clip), 0)).astype(np.float64)
+    add = np.bincount(pst, weights=need, minlength=S)[:S]
+    bad = np.flatnonzero(is_p & (add > 0) & (add + offset > cap - held))
+    for st in bad:
+        col.add(
+            "reserve",
+            f"step {st}: admitted requests reserve {add[st]:.0f} tokens and the decode batch at least "
+            f"{offset[st]:.0f}, beyond the {cap - held[st]:.0f} tokens the pool can have had free or evictable",
+        )
+    stats["reservation_checked_steps"] = int((is_p & (add > 0)).sum())
+
+
+def _check_prompts(
+    instance: Instance,
+    R: _Runs,
+    reqs: list[Request],
+    col: _Collector,
+    stats: dict[str, Any],
+    *,
+    reserve_output: bool,
+) -> None:
+    ps = instance.limits.page_size
+    m = len(R.run_rec)
+    paths, U, n_nodes = prefix_paths(reqs, ps)
+    a_step = R.run_start
+    cached = R.run_cached
+    fill = R.span_fill
+    plen = [r.prompt_len for r in reqs]
+
+    # -- cache-hit claims: process run admissions in step order; query, then insert the step's
+    # prompts. A prompt q through node d shares min(d*U, len_q, len_r) tokens with r; whole pages
+    # of that (outputs are unique to their request and never shared, so only prompts count).
     maxlen = [0] * n_nodes  # longest already-prefilled prompt through the node (tokens)
     order = np.argsort(a_step, kind="stable").tolist()
     a_list = a_step.tolist()
     cached_list = cached.tolist()
+    fill_list = fill.tolist()
     bound_total = 0
     j = 0
     while j < m:
@@ -462,7 +799,7 @@ def _check_prompts(
                 shared = min(reach, ml, ln)
                 if shared < reach:
                     break
-            bound = min(shared // ps * ps, ln - 1)
+            bound = min(shared // ps * ps, fill_list[q] - 1)
             bound_total += bound
             if cached_list[q] > bound:
                 col.add(
@@ -477,7 +814,9 @@ def _check_prompts(
                 if maxlen[node] < ln:
                     maxlen[node] = ln
         j = k
-    stats["cached_tokens"] = int(sum(cached_list))
+    first_run = np.ones(m, dtype=bool)
+    first_run[1:] = R.run_rec[1:] != R.run_rec[:-1]
+    stats["cached_tokens"] = int(cached[first_run].sum())
     stats["cached_tokens_bound"] = int(bound_total)
 
     # -- KV capacity: union of in-flight prompt pages + private remainders.
@@ -485,9 +824,20 @@ def _check_prompts(
     # pages floor((d-1)U/ps) .. floor(dU/ps)-1 ("full" of them), of which request r has those below
     # its n_pages. The union holds, per node, the most any in-flight request has there: ``full``
     # while some in-flight request covers the node entirely, else the largest partial count.
+    # Ideal engine: a run holds its prompt from its admission to its finish, with its full output
+    # reserved. SGLang engine: a run provably holds its whole fill from the end of its prefill (its
+    # last chunk) to its end (chunked and decoded KV before or beyond that is not counted: a lower
+    # bound); the fill's output tokens are private.
     cap = instance.limits.kv_capacity_tokens
     n_pages = [ln // ps for ln in plen]
-    private = [plen[q] - n_pages[q] * ps + r.output_len for q, r in enumerate(reqs)]
+    out = [r.output_len for r in reqs]
+    fl = fill.tolist()
+    private = [
+        (plen[q] - n_pages[q] * ps + out[q]) if reserve_output else (fl[q] - n_pages[q] * ps)
+        for q in range(m)
+    ]
+    enter_step = (a_step if reserve_output else R.span_first).tolist()
+    f_step = R.span_end
     fulls: list[list[tuple[int, int]]] = []  # (node, full) where the request covers the node
     partials: list[list[tuple[int, int]]] = []  # (node, count) where it covers 0 < count < full
     for q in range(m):
@@ -514,7 +864,7 @@ def _check_prompts(
     enter: dict[int, list[int]] = defaultdict(list)
     leave: dict[int, list[int]] = defaultdict(list)
     for q in range(m):
-        enter[a_list[q]].append(q)
+        enter[enter_step[q]].append(q)
         leave[int(f_step[q]) + 1].append(q)
     peak, peak_step = -1, -1
     for s in sorted(set(enter) | set(leave)):

@@ -28,7 +28,7 @@ from prefixsched.reference.waiting import WaitingIndex
 from prefixsched.theory.model import Instance, Request, page_keys
 from prefixsched.theory.trace import RequestRecord, Run, Trace
 
-__all__ = ["EngineBase", "EvictionLogCache", "fill_keys", "output_token"]
+__all__ = ["EngineBase", "EvictionLogCache", "fill_keys", "output_token", "lock_walk"]
 
 
 def fill_keys(request: Request, page_size: int, n_tokens: int, prompt_keys: tuple | None = None) -> tuple:
@@ -52,6 +52,42 @@ def output_token(seq: int, j: int) -> int:
     (SGLang conformance states): unique per ``(seq, j)`` and above every prompt token id the
     loaders produce (``2**52 + seq * 2**24 + j``)."""
     return (1 << 52) + (seq << 24) + j
+
+
+def lock_walk(node: Any, upto: int, counted: dict[int, int], root: Any, page_size: int) -> tuple[int, list[tuple[int, int]]]:
+    """What pinning a match would take out of the evictable tokens, next to the matches already
+    pinned in this pass.
+
+    ``node`` is the node whose edge holds the end of a match of ``upto`` pages; ``counted[node_id]``
+    is how many pages (from the root, ``<= node.depth``) of that node the pass has already counted.
+    Walks up from ``node`` through *unlocked* nodes (lock refs are path-monotone, so the first
+    locked node ends the walk) and counts the pages not counted yet; a node counted before stops
+    the walk (its ancestors were counted in full). Returns ``(tokens, updates)``: the new tokens
+    (pages * page_size) and the ``(node_id, pages)`` marks to commit if the match is pinned.
+    This is the union of the pinned prefix paths of a batch, counted node by node and per matched
+    page (a match ending inside an edge counts only its pages).
+    """
+    if upto == 0:
+        return 0, []
+    new = 0
+    updates: list[tuple[int, int]] = []
+    x = node
+    while x is not root and x.lock_ref == 0:
+        d = x.depth
+        lo = d - len(x.key)
+        hi = d if d < upto else upto
+        if hi > lo:
+            prev = counted.get(x.id)
+            if prev is None:
+                new += hi - lo
+                updates.append((x.id, hi))
+            else:
+                if hi > prev:
+                    new += hi - prev
+                    updates.append((x.id, hi))
+                break  # ancestors were counted in full by the walk that counted x
+        x = x.parent
+    return new * page_size, updates
 
 
 class EvictionLogCache(RadixCache):

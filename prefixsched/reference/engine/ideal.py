@@ -66,7 +66,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prefixsched.errors import IllegalDecisionError
-from prefixsched.reference.engine.core import EngineBase
+from prefixsched.reference.engine.core import EngineBase, lock_walk
 from prefixsched.reference.engine.snapshot import EngineSnapshot
 from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy
 from prefixsched.reference.waiting import Entry
@@ -119,32 +119,9 @@ class IdealBatchBuilder:
 
     def _lock_walk(self, e: Entry) -> tuple[int, list[tuple[int, int]]]:
         """Tokens the entry's match would newly take out of ``evictable`` and the per-node
-        counted marks to commit."""
-        upto = e.used
-        if upto == 0:
-            return 0, []
-        node = self._engine.cache.watched_node(e.seq)
-        counted = self._counted
-        root = self._root
-        new = 0
-        updates: list[tuple[int, int]] = []
-        x = node
-        while x is not root and x.lock_ref == 0:
-            d = x.depth
-            lo = d - len(x.key)
-            hi = d if d < upto else upto
-            if hi > lo:
-                prev = counted.get(x.id)
-                if prev is None:
-                    new += hi - lo
-                    updates.append((x.id, hi))
-                else:
-                    if hi > prev:
-                        new += hi - prev
-                        updates.append((x.id, hi))
-                    break  # ancestors were counted in full by the walk that counted x
-            x = x.parent
-        return new * self._engine.page_size, updates
+        counted marks to commit (:func:`~prefixsched.reference.engine.core.lock_walk`)."""
+        eng = self._engine
+        return lock_walk(eng.cache.watched_node(e.seq), e.used, self._counted, self._root, eng.page_size)
 
     def client_full(self, client: str) -> bool:
         """True if no waiting request of ``client`` can be added any more (optional extension of

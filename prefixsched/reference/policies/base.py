@@ -119,6 +119,10 @@ class Snapshot(Protocol):
     def lpm(self, client: str | None = None) -> Iterator[WaitingEntry]:
         """Waiting requests (of one client, or all) in LPM order."""
         ...
+    def queue(self) -> Iterator[WaitingEntry]:
+        """Waiting requests in the engine's queue order: FCFS on the ``ideal`` engine; SGLang's
+        ``waiting_queue`` list (after ``calc_priority`` for native policies) on ``sglang``."""
+        ...
     def entry(self, request_id: str) -> WaitingEntry: ...
     def batch(self) -> BatchBuilder:
         """A fresh, empty admission budget for this step."""
@@ -176,6 +180,15 @@ class Policy(abc.ABC):
 
     def on_arrival(self, request: Request, now: float, snap: Snapshot) -> None:
         """A request arrives (before it joins the queue). Default: nothing."""
+
+    def native_policy(self) -> tuple[str, dict[str, Any]] | None:
+        """If this policy *is* one of SGLang's own ``--schedule-policy`` values: ``(name,
+        options)`` (``"fcfs"`` or ``"lpm"``; LPM passes ``{"fcfs_fallback": N or None}``). The
+        ``sglang`` engine then applies SGLang's ``SchedulePolicy.calc_priority`` to its waiting
+        queue before each pass (sorting it, refreshing LRU stamps) and the policy walks
+        :meth:`Snapshot.queue`. ``None`` (default): the policy runs as the prefixsched SGLang plugin
+        runs it (``calc_priority`` a no-op, the policy drives the adder)."""
+        return None
 
     @abc.abstractmethod
     def decide(self, snap: Snapshot) -> Decision:

@@ -16,7 +16,13 @@ Decisions (documented choices):
   LPM into FCFS when more than ``WAITING_QUEUE_PREFIX_MATCH_MAX = 128`` requests wait. Off by
   default (``None``) so that "LPM" means LPM; ``fcfs_fallback=128`` reproduces SGLang. In fallback
   mode only the order changes to FCFS; the skip rule stays.
-- No in-batch prefix deprioritization (sglang.md §1.4) is modelled.
+- On the ``sglang`` engine LPM is SGLang's own ``--schedule-policy lpm`` (:meth:`native_policy`):
+  the engine runs ``SchedulePolicy.calc_priority`` on its waiting queue (every request matched,
+  in-batch de-prioritisation, a *stable* sort by ``min(match, len - 1)`` so ties keep the previous
+  pass's order, the FCFS fallback above ``fcfs_fallback`` waiting requests, default SGLang's 128)
+  and the pass walks :meth:`Snapshot.queue` in that order, stopping at the first misfit as SGLang's
+  loop does. On the ``ideal`` engine the order is ``(-cached_tokens, arrival, seq)`` and
+  ``fcfs_fallback=None`` means no fallback.
 """
 
 from __future__ import annotations
@@ -68,8 +74,13 @@ class LPM(Policy):
         self.fcfs_fallback = fcfs_fallback
         self._fallback_steps = 0
 
+    def native_policy(self) -> tuple[str, dict[str, Any]] | None:
+        return ("lpm", {"fcfs_fallback": self.fcfs_fallback})
+
     def decide(self, snap: Snapshot) -> Decision:
         b = snap.batch()
+        if getattr(snap, "engine", "ideal") == "sglang":  # the engine sorted its queue natively
+            return fill_skipping(b, snap.queue())
         if self.fcfs_fallback is not None and snap.waiting_count() > self.fcfs_fallback:
             self._fallback_steps += 1
             return fill_skipping(b, snap.fcfs())
