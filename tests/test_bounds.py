@@ -12,13 +12,17 @@ from hypothesis import strategies as st
 
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import create
-from prefixsched.reference.simulator import simulate
+import functools
+
+from prefixsched.reference.simulator import simulate as _simulate
 from prefixsched.testing.strategies import backlogged_instances, instances
 from prefixsched.theory import bounds as B
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.metrics import backlog_intervals, max_service_gap, service_timeline
 from prefixsched.theory.model import Instance, Limits, Request
 from prefixsched.theory.trace import RequestRecord, Trace
+
+simulate = functools.partial(_simulate, engine="ideal")  # the papers' model these tests state
 
 TOK = CostModel.token_units()
 
@@ -250,7 +254,7 @@ def test_vtc_checker_worst_equals_the_metric_for_any_policy(inst):
 def _cluster(inst, spec, D, Q, record=False):
     from prefixsched.reference.cluster import simulate_cluster
 
-    return simulate_cluster(inst, lambda: create("dlpm", quantum=Q), spec, workers=D, record_states=record)
+    return simulate_cluster(inst, lambda: create("dlpm", quantum=Q), spec, workers=D, record_states=record, engine="ideal")
 
 
 def test_d2lpm_thm_5_1_5_2_scans_match_brute_force_over_every_interval():

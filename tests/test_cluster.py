@@ -88,15 +88,17 @@ def test_every_worker_trace_is_simulate_on_its_sub_instance_and_passes_the_check
     assert ct.meta["finish_events"] == len(tight.requests)
 
 
-@given(inst=instances(max_clients=3, max_requests_per_client=6), D=st.integers(1, 3), disp=st.sampled_from(ALL))
-def test_property_worker_traces_are_legal_and_equal_the_single_worker_engine(inst: Instance, D: int, disp: str) -> None:
-    ct = simulate_cluster(inst, "dlpm", disp, workers=D)
+@pytest.mark.parametrize("engine", ["ideal", "sglang"])
+@given(data=st.data(), D=st.integers(1, 3), disp=st.sampled_from(ALL))
+def test_property_worker_traces_are_legal_and_equal_the_single_worker_engine(engine: str, data, D: int, disp: str) -> None:
+    inst = data.draw(instances(max_clients=3, max_requests_per_client=6, engine=engine))
+    ct = simulate_cluster(inst, "dlpm", disp, workers=D, engine=engine)
     for w in range(D):
         sub = ct.sub_instance(w)
         if sub is None:
             continue
         assert check_trace(sub, ct.traces[w]).ok
-        assert _dump(ct.traces[w]) == _dump(simulate(sub, create("dlpm")))
+        assert _dump(ct.traces[w]) == _dump(simulate(sub, create("dlpm"), engine=engine))
 
 
 def test_cluster_runs_are_deterministic(tight: Instance) -> None:

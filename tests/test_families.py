@@ -28,7 +28,7 @@ def _simulate(inst: Instance, spec: str, **params):
     from prefixsched.reference.policies import create
     from prefixsched.reference.simulator import simulate
 
-    return simulate(inst, create(spec, **params))
+    return simulate(inst, create(spec, **params), engine="ideal")  # the families are stated for the papers' model
 
 
 def _ttft_of(trace, rid: str) -> float:
@@ -153,7 +153,7 @@ def _a5_cluster(n: int, spec: str):
 
     inst = d2lpm_infinite_qw(n, prefix=256, suffix=64, output_len=1)
     inst = dataclasses.replace(inst, limits=dataclasses.replace(inst.limits, max_running_requests=1))
-    ct = simulate_cluster(inst, lambda: create("dlpm", quantum=500), spec, workers=4)
+    ct = simulate_cluster(inst, lambda: create("dlpm", quantum=500), spec, workers=4, engine="ideal")
     return ct, check_d2lpm_thm_5_1(inst, ct, 500.0)
 
 

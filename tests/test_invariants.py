@@ -14,12 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefixsched.reference.policies import available, create
-from prefixsched.reference.simulator import simulate
+import functools
+
+from prefixsched.reference.simulator import simulate as _simulate
 from prefixsched.testing import check_policy, instances, run_invariants
 from prefixsched.testing.strategies import backlogged_instances
 from prefixsched.theory import bounds as B
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import Instance, Limits, Request
+
+simulate = functools.partial(_simulate, engine="ideal")  # the papers' model these tests state
 
 WORKLOADS = st.one_of(
     instances(max_clients=3, max_requests_per_client=6), backlogged_instances(max_requests_per_client=8)

@@ -15,9 +15,13 @@ import pytest
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import create
 from prefixsched.reference.policies.base import Policy
-from prefixsched.reference.simulator import simulate
+import functools
+
+from prefixsched.reference.simulator import simulate as _simulate
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import Instance, Limits, Request, ServiceWeights
+
+simulate = functools.partial(_simulate, engine="ideal")  # the papers' model these tests state
 
 DEC1 = CostModel(0.0, 1.0, 0.0, 1.0, 0.0, 0.0)  # prefill 1 s/token, decode 1 s per step
 

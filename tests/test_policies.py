@@ -12,9 +12,13 @@ from hypothesis import strategies as st
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import available, create, parse_spec
 from prefixsched.reference.policies.base import Policy
-from prefixsched.reference.simulator import simulate
+import functools
+
+from prefixsched.reference.simulator import simulate as _simulate
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import Instance, Limits, Request, ServiceWeights
+
+simulate = functools.partial(_simulate, engine="ideal")  # the papers' model these tests state
 
 TOK = CostModel.token_units()
 DEC1 = CostModel(0.0, 1.0, 0.0, 1.0, 0.0, 0.0)  # prefill 1/token, decode 1 per step

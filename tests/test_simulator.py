@@ -12,9 +12,13 @@ from hypothesis import strategies as st
 from prefixsched.errors import IllegalDecisionError, InputError
 from prefixsched.reference.policies import create
 from prefixsched.reference.policies.base import Decision, Policy
-from prefixsched.reference.simulator import simulate
+import functools
+
+from prefixsched.reference.simulator import simulate as _simulate
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request, page_keys
+
+simulate = functools.partial(_simulate, engine="ideal")  # the papers' model these tests state
 
 TOK = CostModel.token_units()
 # prefill 1 s/token, decode 1 s per step (whatever the batch size)

@@ -71,7 +71,10 @@ from hypothesis.stateful import (
 
 from prefixsched.reference.policies import available, create
 from prefixsched.reference.policies.base import Policy, Snapshot
-from prefixsched.reference.simulator import Worker, simulate
+import functools
+
+from prefixsched.reference.simulator import Worker as _Worker
+from prefixsched.reference.simulator import simulate as _simulate
 from prefixsched.testing.broken import (
     DLPMEagerRefill,
     DLPMNeverRefills,
@@ -85,6 +88,9 @@ from prefixsched.theory import bounds as B
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import Instance, Limits, Request
 from prefixsched.theory.schedule import check_trace
+
+simulate = functools.partial(_simulate, engine="ideal")  # the papers' model these tests state
+Worker = functools.partial(_Worker, engine="ideal")
 
 MAX_REQUESTS = 12  # per run; the skeleton holds as many placeholders (the waiting index sizes its keys by it)
 MAX_OUTPUT = 5

@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import create as create_policy
 from prefixsched.reference.policies.base import Policy
-from prefixsched.reference.simulator import Worker
+from prefixsched.reference.simulator import DEFAULT_ENGINE, Worker
 from prefixsched.theory.model import Instance, Request, page_keys
 from prefixsched.theory.trace import RequestRecord, Trace
 from prefixsched.theory.metrics import summarize_cluster  # re-exported; metrics live in theory.metrics
@@ -669,6 +669,8 @@ def simulate_cluster(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     record_states: bool = False,
+    engine: str = DEFAULT_ENGINE,
+    **engine_options: Any,
 ) -> ClusterTrace:
     """Simulate ``workers`` data-parallel replicas behind ``dispatcher`` (module docstring).
 
@@ -690,6 +692,9 @@ def simulate_cluster(
     record_states:
         Log each worker's policy state (``meta["states"]`` of its trace) and, for D²LPM, the
         per-dispatch log (``meta["dispatch_log"]``).
+    engine, engine_options:
+        Every worker's engine (``"sglang"``, the default, or ``"ideal"``) and its options (as
+        :func:`~prefixsched.reference.simulator.simulate`).
 
     Returns
     -------
@@ -720,7 +725,8 @@ def simulate_cluster(
     D = workers
     disp.bind(instance, D)
     ws = [
-        Worker(instance, make(), requests=(), seed=seed, record_states=record_states, log_events=True)
+        Worker(instance, make(), engine=engine, requests=(), seed=seed, record_states=record_states, log_events=True,
+               **engine_options)
         for _ in range(D)
     ]
     ps = instance.limits.page_size

@@ -38,7 +38,7 @@ from prefixsched.theory.trace import Trace
 __all__ = ["simulate", "Worker", "ENGINES", "DEFAULT_ENGINE", "BatchBuilder", "EngineSnapshot", "engine_class"]
 
 #: The default engine of :func:`simulate`, the cluster and the CLI.
-DEFAULT_ENGINE = "ideal"
+DEFAULT_ENGINE = "sglang"
 
 BatchBuilder = IdealBatchBuilder  # historical name of the ideal engine's builder
 

@@ -217,6 +217,7 @@ def limits_for(
     page_sizes: Sequence[int] = (1, 2, 4),
     tight: bool = True,
     kv_slack: int = 0,
+    engine: str = "ideal",
 ) -> Limits:
     """Limits under which every request of ``requests`` fits, drawn small enough to bind.
 
@@ -225,18 +226,30 @@ def limits_for(
     ``max_prefill_tokens`` in ``[1, 2*longest prompt]`` (the first request of a step may exceed
     it), ``max_running_requests`` in ``[1, 6]``. With ``tight=False`` the limits are generous
     (never bind on these small instances).
+
+    ``engine="sglang"``: ``need`` is SGLang's admission requirement into an empty pool, ``prompt +
+    min(output, 4096) + page + 1`` (SGLang admits only if that is below the pool), and
+    ``chunked_prefill_size`` is drawn too (off, or ``[1, 2*longest prompt]`` so chunking binds);
+    with ``engine="ideal"`` it stays at its default (the ideal engine ignores it).
     """
-    need = max(r.prompt_len + r.output_len for r in requests)
-    longest = max(r.prompt_len for r in requests)
     page = draw(st.sampled_from(list(page_sizes)))
+    if engine == "sglang":
+        need = max(r.prompt_len + min(r.output_len, 4096) + page + 1 for r in requests)
+    else:
+        need = max(r.prompt_len + r.output_len for r in requests)
+    longest = max(r.prompt_len for r in requests)
     if not tight:
         return Limits(kv_capacity_tokens=100 * need * len(requests), max_prefill_tokens=10**6,
                       max_running_requests=10**4, page_size=page)
+    chunk: int | None = Limits().chunked_prefill_size
+    if engine == "sglang":
+        chunk = draw(st.one_of(st.none(), st.integers(1, 2 * longest)))
     return Limits(
         kv_capacity_tokens=draw(st.integers(need + kv_slack, 4 * need + kv_slack)),
         max_prefill_tokens=draw(st.integers(1, 2 * longest)),
         max_running_requests=draw(st.integers(1, 6)),
         page_size=page,
+        chunked_prefill_size=chunk,
     )
 
 
@@ -254,6 +267,7 @@ def instances(
     tight_limits: bool = True,
     shared_tree: bool | None = None,
     kv_slack: int = 0,
+    engine: str = "ideal",
 ) -> Instance:
     """A small valid :class:`Instance`: clients from :func:`client_specs`, prompts from a prefix
     tree (shared by all clients, or one tree per client when ``shared_tree`` is False; drawn when
@@ -261,6 +275,7 @@ def instances(
 
     Request ids are ``r0, r1, ...`` in arrival order (ties by client index, then the client's own
     order), which is also the instance order. Weights are the papers' (w_e = 1, w_q = 2).
+    ``engine`` is the engine the limits must admit every request on (:func:`limits_for`).
     """
     n_clients = draw(st.integers(min_clients, max_clients))
     specs = [
@@ -285,7 +300,7 @@ def instances(
         Request(id=f"r{i}", client=name, arrival=t * tick, prompt=prompt, output_len=out)
         for i, (t, _ci, _j, name, prompt, out) in enumerate(raw)
     )
-    limits = draw(limits_for(requests, page_sizes=page_sizes, tight=tight_limits, kv_slack=kv_slack))
+    limits = draw(limits_for(requests, page_sizes=page_sizes, tight=tight_limits, kv_slack=kv_slack, engine=engine))
     return Instance(requests=requests, cost_model=cost_model, limits=limits, weights=ServiceWeights())
 
 

@@ -42,12 +42,22 @@ from hypothesis import strategies as st
 
 from prefixsched.errors import InputError
 from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot
-from prefixsched.reference.simulator import simulate
+from prefixsched.reference.simulator import simulate as _simulate
 from prefixsched.testing.strategies import backlogged_instances, instances
 from prefixsched.theory import bounds
 from prefixsched.theory.model import Instance, Request
 from prefixsched.theory.schedule import check_trace, idle_with_waiting
 from prefixsched.theory.trace import Trace
+
+#: The engine the invariant suite runs policies on: the papers' model (``ideal``), whose premises
+#: the theorem checks assume (whole-output reservation, no chunking, no retraction).
+SUITE_ENGINE = "ideal"
+
+
+def simulate(instance: Instance, policy: Policy, **kw: Any) -> Trace:
+    kw.setdefault("engine", SUITE_ENGINE)
+    return _simulate(instance, policy, **kw)
+
 
 if sys.version_info >= (3, 11):  # pragma: no cover - version switch
     from builtins import BaseExceptionGroup

@@ -773,12 +773,15 @@ def _check_prompts(
 
     # -- cache-hit claims: process run admissions in step order; query, then insert the step's
     # prompts. A prompt q through node d shares min(d*U, len_q, len_r) tokens with r; whole pages
-    # of that (outputs are unique to their request and never shared, so only prompts count).
+    # of that. Outputs are unique to their request: no other request shares them, but a re-prefill
+    # after a retraction may find its own earlier fill (prompt + outputs) in the tree.
     maxlen = [0] * n_nodes  # longest already-prefilled prompt through the node (tokens)
     order = np.argsort(a_step, kind="stable").tolist()
     a_list = a_step.tolist()
     cached_list = cached.tolist()
     fill_list = fill.tolist()
+    rec_list = R.run_rec.tolist()
+    own_fill: dict[int, int] = {}  # record -> longest fill of its runs so far (outputs included)
     bound_total = 0
     j = 0
     while j < m:
@@ -800,6 +803,9 @@ def _check_prompts(
                 if shared < reach:
                     break
             bound = min(shared // ps * ps, fill_list[q] - 1)
+            own = own_fill.get(rec_list[q], 0)  # a re-prefill may reuse its own earlier fill
+            if own:
+                bound = max(bound, min(own // ps * ps, fill_list[q] - 1))
             bound_total += bound
             if cached_list[q] > bound:
                 col.add(
@@ -813,6 +819,9 @@ def _check_prompts(
             for node in paths[q]:
                 if maxlen[node] < ln:
                     maxlen[node] = ln
+            rq = rec_list[q]
+            if fill_list[q] > own_fill.get(rq, 0):
+                own_fill[rq] = fill_list[q]
         j = k
     first_run = np.ones(m, dtype=bool)
     first_run[1:] = R.run_rec[1:] != R.run_rec[:-1]
