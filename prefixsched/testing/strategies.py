@@ -229,7 +229,7 @@ def limits_for(
 
     ``engine="sglang"``: ``need`` is SGLang's admission requirement into an empty pool, ``prompt +
     min(output, 4096) + page + 1`` (SGLang admits only if that is below the pool), and
-    ``chunked_prefill_size`` is drawn too (off, or ``[1, 2*longest prompt]`` so chunking binds);
+    ``chunked_prefill_size`` is drawn too (off, or ``[page, 2*longest prompt]`` so chunking binds);
     with ``engine="ideal"`` it stays at its default (the ideal engine ignores it).
     """
     page = draw(st.sampled_from(list(page_sizes)))
@@ -243,7 +243,7 @@ def limits_for(
                       max_running_requests=10**4, page_size=page)
     chunk: int | None = Limits().chunked_prefill_size
     if engine == "sglang":
-        chunk = draw(st.one_of(st.none(), st.integers(1, 2 * longest)))
+        chunk = draw(st.one_of(st.none(), st.integers(page, max(page, 2 * longest))))
     return Limits(
         kv_capacity_tokens=draw(st.integers(need + kv_slack, 4 * need + kv_slack)),
         max_prefill_tokens=draw(st.integers(1, 2 * longest)),

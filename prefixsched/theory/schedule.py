@@ -736,22 +736,33 @@ def _check_reservations(
     np.add.at(diff_h, R.span_first + 1, held_priv)
     np.add.at(diff_h, R.span_end + 1, -held_priv)
     held = np.cumsum(diff_h)[:S]
-    # new runs admitted in prefill step s: their first chunk is in s and they are not continuations
+    # the prefill batch of step s: each piece is charged c = page-rounded tokens + a page + the
+    # clipped max_new if it completes the run's prefill (0 while chunked); a new admission L
+    # (a run's first piece) was checked with t = its whole extend + min(max_new - produced, clip)
+    # + a page against the pool left after the pieces added before it. Whatever L was last:
+    # sum(c) - max over new admissions of (c_L - t_L) < the pool left before the step.
+    last_piece = R.piece_index == R.run_n_chunks[R.piece_run] - 1
+    pr_all = R.piece_run
+    paged_p = -(-R.piece_tokens // ps) * ps
+    c_all = (paged_p + ps + np.where(last_piece, np.minimum(max_new[pr_all], clip), 0)).astype(np.float64)
+    C = np.bincount(R.piece_step, weights=c_all, minlength=S)[:S]
     first_piece = R.piece_index == 0
-    pr = R.piece_run[first_piece]
+    pr = pr_all[first_piece]
     pst = R.piece_step[first_piece]
-    ptok = R.piece_tokens[first_piece]
-    whole = R.run_n_chunks[pr] == 1
-    need = (-(-ptok // ps) * ps + ps + np.where(whole, np.minimum(max_new[pr], clip), 0)).astype(np.float64)
-    add = np.bincount(pst, weights=need, minlength=S)[:S]
-    bad = np.flatnonzero(is_p & (add > 0) & (add + offset > cap - held))
+    whole = (R.span_fill - R.run_cached)[pr]
+    left = np.minimum(np.maximum(max_new[pr] - R.run_produced[pr], 0), clip)
+    t = (whole + left + ps).astype(np.float64)
+    slack = np.full(S, -np.inf)
+    np.maximum.at(slack, pst, c_all[first_piece] - t)
+    add = np.where(np.isfinite(slack), C - slack, 0.0)
+    bad = np.flatnonzero(is_p & np.isfinite(slack) & (add + offset >= cap - held))
     for st in bad:
         col.add(
             "reserve",
-            f"step {st}: admitted requests reserve {add[st]:.0f} tokens and the decode batch at least "
-            f"{offset[st]:.0f}, beyond the {cap - held[st]:.0f} tokens the pool can have had free or evictable",
+            f"step {st}: the prefill batch reserves at least {add[st]:.0f} tokens and the decode batch at least "
+            f"{offset[st]:.0f}, not below the {cap - held[st]:.0f} tokens the pool can have had free or evictable",
         )
-    stats["reservation_checked_steps"] = int((is_p & (add > 0)).sum())
+    stats["reservation_checked_steps"] = int((is_p & np.isfinite(slack)).sum())
 
 
 def _check_prompts(

@@ -479,7 +479,7 @@ class EngineBase:
         for s, r in enumerate(reqs):
             rl = runs_of[s]
             runs = None
-            if rl is not None:
+            if rl is not None and not (len(rl) == 1 and len(rl[0][2]) == 1 and rl[0][4] == "finish"):
                 runs = tuple(Run(a, c, tuple((st, tk) for st, tk in ch), e, end) for a, c, ch, e, end in rl)
             records.append(
                 RequestRecord(

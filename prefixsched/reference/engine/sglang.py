@@ -501,6 +501,12 @@ class SGLangWorker(EngineBase):
         self.cfg = cfg
         self.on_pass = on_pass
         self.chunk_size = instance.limits.chunked_prefill_size
+        if self.chunk_size is not None and self.chunk_size < self.page_size:
+            raise InputError(
+                "limits.chunked_prefill_size",
+                f"{self.chunk_size} is below page_size {self.page_size}: SGLang cuts chunks at whole pages, so "
+                "a chunk would be empty and no request could ever be admitted",
+            )
         self.ratio = native.NewTokenRatio.from_config(
             cfg.schedule_conservativeness, cfg.init_new_token_ratio, cfg.min_new_token_ratio_factor,
             cfg.new_token_ratio_decay_steps,
