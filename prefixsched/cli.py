@@ -179,6 +179,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     workers=D,
                     seed=args.seed,
                     progress=update,
+                    engine=args.engine,
                 )
             finally:
                 bar.close()
@@ -192,7 +193,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             )
             continue
         try:
-            trace = simulate(inst, pol, seed=args.seed, progress=update)
+            trace = simulate(inst, pol, engine=args.engine, seed=args.seed, progress=update)
         finally:
             bar.close()
         check_trace(inst, trace)  # every schedule is replayed by the independent checker
@@ -221,7 +222,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(
         f"{len(inst.requests)} requests, {n_clients} clients, "
         + ", ".join(f"{k}={v}" for k, v in source.items())
-        + f", seed={args.seed}"
+        + f", engine={args.engine}, seed={args.seed}"
         + (f", workers={D}, dispatch={results[0]['dispatcher']['name'] if results else dispatch_spec}" if D > 1 else ""),
         file=report,
     )
@@ -234,6 +235,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     out = {
         "input": {**source, "requests": len(inst.requests), "clients": list(inst.clients), "seed": args.seed,
+                  "engine": args.engine,
                   **({"workers": D, "dispatch": dispatch_spec} if D > 1 else {})},
         "results": results,
     }
@@ -443,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how trace requests map to clients (default: %(default)s: one client per conversation family, folded onto --clients by a stable hash)",
     )
     s.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="seed of the workload and of randomised policies (default: %(default)s)")
+    s.add_argument(
+        "--engine", choices=["sglang", "ideal"], default="sglang",
+        help="sglang: schedule as SGLang 0.5.23 does (prefill and decode steps, PrefillAdder with stop-at-first-misfit, "
+        "chunked prefill, new_token_ratio reservation, retraction); ideal: the papers' model (mixed steps, whole-output "
+        "reservation, skip-if-it-does-not-fit, no chunking, no retraction) (default: %(default)s)",
+    )
     s.add_argument("--quantum", type=_positive_float("--quantum"), default=None, help="DLPM quantum Q_u in cost units (policy default if omitted)")
     s.add_argument("--k", type=_k_value, default=None, help="k of k-LPM (integer or 'inf'; policy default if omitted)")
     s.add_argument("--max-requests", type=_positive_int("--max-requests"), default=None, metavar="M", help="use only the first M requests")
