@@ -140,7 +140,7 @@ class GapReport:
         }
 
     def table(self) -> str:
-        from prefixsched.cli import _table
+        from prefixsched._table import _table
 
         rows = []
         for p, s in self.stats().items():

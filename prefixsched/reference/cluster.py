@@ -48,7 +48,6 @@ import abc
 import inspect
 import math
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from prefixsched.errors import InputError
@@ -56,7 +55,7 @@ from prefixsched.reference.policies import create as create_policy
 from prefixsched.reference.policies.base import Policy
 from prefixsched.reference.simulator import DEFAULT_ENGINE, Worker
 from prefixsched.theory.model import Instance, Request, page_keys
-from prefixsched.theory.trace import RequestRecord, Trace
+from prefixsched.theory.trace import ClusterTrace
 from prefixsched.theory.metrics import summarize_cluster  # re-exported; metrics live in theory.metrics
 
 __all__ = [
@@ -516,82 +515,8 @@ def create_dispatcher(spec: str, **params: Any) -> Dispatcher:
 # result
 
 
-@dataclass
-class ClusterTrace:
-    """The outcome of :func:`simulate_cluster`.
-
-    Attributes
-    ----------
-    instance:
-        The whole instance (not serialised by :meth:`to_dict`).
-    dispatcher:
-        ``{"name": ..., **params}`` of the dispatcher.
-    traces:
-        One :class:`Trace` per worker over the requests dispatched to it, in instance order; step
-        indices and times are the worker's own. A worker that received nothing has an empty
-        trace.
-    dispatch:
-        ``request id -> worker index``, in instance order.
-    meta:
-        ``workers``, ``seed``, ``engine``, the dispatcher's final ``dispatcher_state``, event
-        counts, and with ``record_states=True`` the dispatcher's per-dispatch ``dispatch_log``
-        (D²LPM only).
-    """
-
-    instance: Instance
-    dispatcher: dict[str, Any]
-    traces: list[Trace]
-    dispatch: dict[str, int]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def workers(self) -> int:
-        return len(self.traces)
-
-    def sub_instance(self, worker: int) -> Instance | None:
-        """The requests dispatched to ``worker`` (instance order, same cost model, limits and
-        weights), or None if it received none (an :class:`Instance` cannot be empty).
-
-        Raises
-        ------
-        InputError
-            If ``worker`` is not a worker index.
-        """
-        if isinstance(worker, bool) or not isinstance(worker, int) or not 0 <= worker < self.workers:
-            raise InputError("worker", f"must be an integer in [0, {self.workers}), got {worker!r}")
-        inst = self.instance
-        reqs = tuple(r for r in inst.requests if self.dispatch[r.id] == worker)
-        if not reqs:
-            return None
-        return Instance(reqs, cost_model=inst.cost_model, limits=inst.limits, weights=inst.weights)
-
-    def merged_trace(self) -> Trace:
-        """A :class:`Trace` whose records are the union of the workers' records, in instance
-        order, for the per-request metrics (latencies, throughput, hit rate, backlog intervals,
-        per-client totals). ``admit_step``/``finish_step`` stay *worker-local* and the step clock
-        is empty (steps of different workers cannot be merged): use
-        :func:`prefixsched.theory.metrics.cluster_service_timeline` for service curves, not the
-        step-based functions. ``meta["worker_of"]`` gives each record's worker."""
-        by_id: dict[str, RequestRecord] = {}
-        for t in self.traces:
-            for r in t.requests:
-                by_id[r.id] = r
-        recs = [by_id[r.id] for r in self.instance.requests]
-        return Trace(
-            policy={"name": self.traces[0].policy.get("name") if self.traces else None, "dispatcher": self.dispatcher},
-            requests=recs,
-            step_start=[],
-            step_end=[],
-            meta={"worker_of": dict(self.dispatch), "workers": self.workers, "merged": True},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dispatcher": self.dispatcher,
-            "dispatch": dict(self.dispatch),
-            "traces": [t.to_dict() for t in self.traces],
-            "meta": self.meta,
-        }
+# ClusterTrace (the result type) lives in prefixsched.theory.trace: the theory layer's bounds
+# and metrics read it, and theory imports nothing of reference.
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,22 +60,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from prefixsched.errors import InputError
 from prefixsched.theory.metrics import (
+    _cluster_curves,
+    _distinct_step_ends,
+    _eval_rows,
+    _time_of,
     backlog_intervals,
-    cluster_service_timeline,
+    cluster_max_service_gap,
     max_service_gap,
     service_timeline,
 )
 from prefixsched.theory.model import Instance
-from prefixsched.theory.trace import Trace
+from prefixsched.theory.trace import ClusterTrace, Trace
 
-if TYPE_CHECKING:  # pragma: no cover
-    from prefixsched.reference.cluster import ClusterTrace
 
 __all__ = [
     "BoundReport",
@@ -337,28 +339,6 @@ def _params(instance: Instance, M: int | None, *, literal: bool = False) -> tupl
     if m < 0:
         raise InputError("M", f"must be >= 0, got {M!r}")
     return L, m
-
-
-def _distinct_step_ends(times: np.ndarray, cum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the last row of each run of equal step ends (as ``metrics.max_service_gap``) and
-    prepend the zero row: ``ext[i]`` = service after the first ``i`` distinct step ends."""
-    if times.size:
-        last = np.ones(times.size, dtype=bool)
-        last[:-1] = times[1:] != times[:-1]
-        times, cum = times[last], cum[last]
-    return times, np.vstack([np.zeros((1, cum.shape[1])), cum])
-
-
-def _eval_rows(times: np.ndarray, t0: float, t1: float) -> np.ndarray:
-    """Rows of ``ext`` at the evaluation points of backlogged period ``[t0, t1)``: ``W(t0)`` then
-    every distinct step end in ``(t0, t1]``."""
-    i0 = int(np.searchsorted(times, t0, side="right"))
-    i1 = int(np.searchsorted(times, t1, side="right"))
-    return np.arange(i0, i1 + 1)
-
-
-def _time_of(times: np.ndarray, rows: np.ndarray, j: int, t0: float) -> float:
-    return float(t0) if j == 0 else float(times[rows[j] - 1])
 
 
 def capacity_lower_bound(instance: Instance, trace: Trace, view: str = "actual") -> float:
@@ -767,32 +747,6 @@ def check_all(
 # every interval where the clients are backlogged cluster-wide, which is what the theorem claims.
 
 
-def _cluster_curves(
-    instance: Instance, ct: "ClusterTrace", view: str
-) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, dict[str, list[tuple[float, float]]]]:
-    times, clients, cum = cluster_service_timeline(ct.traces, instance, view, clients=instance.clients)
-    ext = np.vstack([np.zeros((1, cum.shape[1])), cum])
-    backlog = backlog_intervals(ct.merged_trace())
-    return times, clients, ext, backlog
-
-
-def _intersect_periods(
-    a: list[tuple[float, float]], b: list[tuple[float, float]]
-) -> list[tuple[float, float]]:
-    """Intersection of two sorted lists of disjoint half-open periods (two pointers)."""
-    out = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        s, e = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if e > s:
-            out.append((s, e))
-        if a[i][1] <= b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
 def check_d2lpm_thm_5_1(
     instance: Instance, cluster_trace: "ClusterTrace", Q_u: float, *, M: int | None = None, view: str = "actual"
 ) -> BoundReport:
@@ -806,27 +760,7 @@ def check_d2lpm_thm_5_1(
     U = dlpm_U(L, m, w.w_e, w.w_q)
     D = cluster_trace.workers
     bound = d2lpm_thm_5_1(Q_u, U, D)
-    times, clients, ext, backlog = _cluster_curves(instance, cluster_trace, view)
-    worst, witness, checked = 0.0, {}, 0
-    for fi, f in enumerate(clients):
-        for gi in range(fi + 1, len(clients)):
-            g = clients[gi]
-            periods = _intersect_periods(backlog.get(f, []), backlog.get(g, []))
-            if periods:
-                checked += 1
-            for t0, t1 in periods:
-                rows = _eval_rows(times, t0, t1)
-                d = ext[rows, fi] - ext[rows, gi]
-                jmax, jmin = int(np.argmax(d)), int(np.argmin(d))
-                val = float(d[jmax] - d[jmin])
-                if val > worst:
-                    j1, j2 = min(jmax, jmin), max(jmax, jmin)
-                    more_f = d[j2] > d[j1]
-                    worst = val
-                    witness = {
-                        "pair": (f, g) if more_f else (g, f),
-                        "interval": (_time_of(times, rows, j1, t0), _time_of(times, rows, j2, t0)),
-                    }
+    worst, witness, checked = cluster_max_service_gap(cluster_trace, instance, view)
     return BoundReport(
         "D2LPM Thm 5.1", bound, worst, _holds(worst, bound), witness, checked,
         {"L_input": L, "M": m, "U": U, "Q_u": Q_u, "workers": D, "view": view},

@@ -50,6 +50,7 @@ __all__ = [
     "jain_over_active_window",
     "per_client_totals",
     "summarize_cluster",
+    "cluster_max_service_gap",
     "summarize",
     "cluster_service_timeline",
 ]
@@ -813,6 +814,94 @@ def cluster_service_timeline(
     return times, names, out
 
 
+def _distinct_step_ends(times: np.ndarray, cum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the last row of each run of equal step ends (as ``metrics.max_service_gap``) and
+    prepend the zero row: ``ext[i]`` = service after the first ``i`` distinct step ends."""
+    if times.size:
+        last = np.ones(times.size, dtype=bool)
+        last[:-1] = times[1:] != times[:-1]
+        times, cum = times[last], cum[last]
+    return times, np.vstack([np.zeros((1, cum.shape[1])), cum])
+
+
+def _eval_rows(times: np.ndarray, t0: float, t1: float) -> np.ndarray:
+    """Rows of ``ext`` at the evaluation points of backlogged period ``[t0, t1)``: ``W(t0)`` then
+    every distinct step end in ``(t0, t1]``."""
+    i0 = int(np.searchsorted(times, t0, side="right"))
+    i1 = int(np.searchsorted(times, t1, side="right"))
+    return np.arange(i0, i1 + 1)
+
+
+def _time_of(times: np.ndarray, rows: np.ndarray, j: int, t0: float) -> float:
+    return float(t0) if j == 0 else float(times[rows[j] - 1])
+
+
+def _cluster_curves(
+    instance: ServiceWeights | Instance | None, ct: Any, view: str
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, dict[str, list[tuple[float, float]]]]:
+    times, clients, cum = cluster_service_timeline(ct.traces, instance, view, clients=ct.instance.clients)
+    ext = np.vstack([np.zeros((1, cum.shape[1])), cum])
+    backlog = backlog_intervals(ct.merged_trace())
+    return times, clients, ext, backlog
+
+
+def _intersect_periods(
+    a: list[tuple[float, float]], b: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """Intersection of two sorted lists of disjoint half-open periods (two pointers)."""
+    out = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        s, e = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if e > s:
+            out.append((s, e))
+        if a[i][1] <= b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def cluster_max_service_gap(
+    cluster_trace: Any, weights: ServiceWeights | Instance | None = None, view: str = "actual"
+) -> tuple[float, dict[str, Any], int]:
+    """The largest ``|W_f(t1,t2) - W_g(t1,t2)|`` of cluster-wide service over pairs of clients both
+    backlogged (waiting on any worker) on ``[t1, t2)`` (D²LPM Thm 5.1's premise; dlpm.md §4).
+
+    Service curves from :func:`cluster_service_timeline` (every worker's step ends); backlog from
+    the cluster's merged records (:func:`backlog_intervals`). Evaluation points as
+    :func:`max_service_gap`: ``W(t0)`` and every distinct step end in ``(t0, t1]``.
+
+    Returns
+    -------
+    tuple
+        ``(worst, witness, pairs_checked)``: cost units; ``witness`` = ``{"pair": (more, less),
+        "interval": (t1, t2)}`` (empty when nothing was backlogged together).
+    """
+    times, clients, ext, backlog = _cluster_curves(weights, cluster_trace, view)
+    worst, witness, checked = 0.0, {}, 0
+    for fi, f in enumerate(clients):
+        for gi in range(fi + 1, len(clients)):
+            g = clients[gi]
+            periods = _intersect_periods(backlog.get(f, []), backlog.get(g, []))
+            if periods:
+                checked += 1
+            for t0, t1 in periods:
+                rows = _eval_rows(times, t0, t1)
+                d = ext[rows, fi] - ext[rows, gi]
+                jmax, jmin = int(np.argmax(d)), int(np.argmin(d))
+                val = float(d[jmax] - d[jmin])
+                if val > worst:
+                    j1, j2 = min(jmax, jmin), max(jmax, jmin)
+                    more_f = d[j2] > d[j1]
+                    worst = val
+                    witness = {
+                        "pair": (f, g) if more_f else (g, f),
+                        "interval": (_time_of(times, rows, j1, t0), _time_of(times, rows, j2, t0)),
+                    }
+    return worst, witness, checked
+
+
 def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     """The CLI's metrics row for a cluster run (a
     :class:`~prefixsched.reference.cluster.ClusterTrace`; read through its ``instance``, ``traces``,
@@ -826,11 +915,10 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     ``jain``/``jain_actual`` over the window in which all clients are active (the same window
     rule as :func:`~prefixsched.theory.metrics.jain_over_active_window`: latest first arrival to
     earliest last finish), and ``max_service_gap`` = the largest ``|W_f - W_g|`` over pairs
-    backlogged (waiting on any worker) on a common interval, actual view: the premise scan of
-    :func:`~prefixsched.theory.bounds.check_d2lpm_thm_5_1`. ``n_steps`` is the sum over workers.
+    backlogged (waiting on any worker) on a common interval, actual view
+    (:func:`cluster_max_service_gap`, the premise scan of D²LPM Thm 5.1). ``n_steps`` is the sum
+    over workers.
     """
-    from prefixsched.theory.bounds import check_d2lpm_thm_5_1  # imports this module: import here
-
     inst = cluster_trace.instance
     w = inst.weights
     merged = cluster_trace.merged_trace()
@@ -848,7 +936,7 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
             jain[view] = jain_index((wb - wa) / (tb - ta))
     else:
         reason = f"no window with all clients active: the earliest last finish {tb} is not after the latest first arrival {ta}"
-    gap = check_d2lpm_thm_5_1(inst, cluster_trace, 1.0)  # only the scanned worst is used
+    gap_value, gap_witness, _ = cluster_max_service_gap(cluster_trace, w)
     return {
         "policy": cluster_trace.meta.get("local_policy", {}).get("name"),
         "dispatcher": cluster_trace.dispatcher,
@@ -862,9 +950,9 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
         "jain_window": [ta, tb] if tb > ta else None,
         "jain_reason": reason,
         "max_service_gap": {
-            "value": gap.worst,
-            "pair": list(gap.witness["pair"]) if gap.witness else None,
-            "interval": list(gap.witness["interval"]) if gap.witness else None,
+            "value": gap_value,
+            "pair": list(gap_witness["pair"]) if gap_witness else None,
+            "interval": list(gap_witness["interval"]) if gap_witness else None,
         },
         "per_client": per_client_totals(arr, w),
     }
