@@ -9,8 +9,11 @@ an edge), ``insert`` stores a whole sequence, ``evict`` removes least-recently-u
 The cache never walks tokens: it works on *page keys* (one hashable key per full page of
 ``page_size`` tokens, see :func:`prefixsched.theory.model.page_keys` and
 :func:`~prefixsched.theory.model.sequence_page_keys`). Lengths returned by the tree are in
-**pages** (``pages``, ``new_pages``) where the name says so and in **tokens**
-(``pages * page_size``) everywhere else.
+**pages** (keys: ``pages``, ``new_pages``) where the name says so and in **tokens** everywhere
+else. A key stands for ``page_size`` tokens, except a compressed
+:class:`~prefixsched.theory.model.WKey` (page size 1 over block prompts), which stands for its
+``n`` tokens: every node keeps the tokens of its edge (``ntok``) and every count is in tokens
+(:func:`~prefixsched.theory.model.key_tokens`).
 
 KV pool. The engine shares one pool of ``capacity_tokens`` between the tree and the private
 tokens of running requests (``reserve`` / ``release``): ``free_tokens = capacity_tokens -
@@ -48,6 +51,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from prefixsched.errors import InputError, PrefixschedError
+from prefixsched.theory.model import key_tokens
 
 __all__ = [
     "CapacityError",
@@ -92,10 +96,12 @@ class TreeNode:
         False once evicted.
     """
 
-    __slots__ = ("key", "children", "parent", "lock_ref", "last_access", "id", "depth", "alive", "_open", "_closed")
+    __slots__ = ("key", "children", "parent", "lock_ref", "last_access", "id", "depth", "alive", "_open", "_closed", "ntok")
 
-    def __init__(self, key: tuple, parent: "TreeNode | None", node_id: int, depth: int, last_access: int) -> None:
+    def __init__(self, key: tuple, parent: "TreeNode | None", node_id: int, depth: int, last_access: int,
+                 ntok: int = 0) -> None:
         self.key: tuple = key
+        self.ntok = ntok  # tokens of the edge
         self.children: dict[Hashable, TreeNode] = {}
         self.parent = parent
         self.lock_ref = 0
@@ -227,9 +233,9 @@ class RadixCache:
         self._clock = 0
         self._root = TreeNode((), None, 0, 0, 0)
         self._num_nodes = 1
-        self._total_pages = 0
-        self._evictable_pages = 0
-        self._locked_pages = 0
+        self._total_tok = 0
+        self._evictable_tok = 0
+        self._locked_tok = 0
         self._reserved = 0
         self._heap: list[tuple[int, int, TreeNode]] = []
         self._waiters: dict[Hashable, _Waiter] = {}
@@ -245,7 +251,7 @@ class RadixCache:
     @property
     def total_tokens(self) -> int:
         """Tokens stored in the tree."""
-        return self._total_pages * self.page_size
+        return self._total_tok
 
     @property
     def reserved_tokens(self) -> int:
@@ -255,17 +261,17 @@ class RadixCache:
     @property
     def free_tokens(self) -> int:
         """``capacity_tokens - total_tokens - reserved_tokens``."""
-        return self.capacity_tokens - self._total_pages * self.page_size - self._reserved
+        return self.capacity_tokens - self._total_tok - self._reserved
 
     @property
     def evictable_tokens(self) -> int:
         """Tokens in tree nodes with ``lock_ref == 0`` (all of them can be evicted, leaves first)."""
-        return self._evictable_pages * self.page_size
+        return self._evictable_tok
 
     @property
     def locked_tokens(self) -> int:
         """Tokens in tree nodes with ``lock_ref > 0``."""
-        return self._locked_pages * self.page_size
+        return self._locked_tok
 
     @property
     def num_nodes(self) -> int:
@@ -355,7 +361,7 @@ class RadixCache:
             self._clock += 1
             self._touch(node)
         if count_hit:
-            self.stats.hit_tokens += p * self.page_size
+            self.stats.hit_tokens += key_tokens(keys[:p], self.page_size)
         return MatchResult(p, node)
 
     def insert(self, keys: Sequence[Hashable]) -> InsertResult:
@@ -383,7 +389,7 @@ class RadixCache:
         ps = self.page_size
         node, p = self._walk(keys, self._root, 0)
         new_pages = len(keys) - p
-        need = new_pages * ps
+        need = key_tokens(keys[p:], ps)
         free = self.free_tokens
         if need > free:
             avail = self.evictable_tokens - self.path_unlocked_tokens(node, upto_pages=p)
@@ -404,13 +410,13 @@ class RadixCache:
         t = self._clock
         if new_pages:
             parent = node
-            leaf = TreeNode(keys[p:], parent, self._next_id, len(keys), t)
+            leaf = TreeNode(keys[p:], parent, self._next_id, len(keys), t, need)
             self._next_id += 1
             self._num_nodes += 1
             first = keys[p]
             parent.children[first] = leaf
-            self._total_pages += new_pages
-            self._evictable_pages += new_pages
+            self._total_tok += need
+            self._evictable_tok += need
             self.stats.inserted_tokens += need
             if parent._open:
                 bucket = parent._open.pop(first, None)
@@ -429,7 +435,9 @@ class RadixCache:
         node. The original object stays the lower part (module docstring)."""
         parent = node.parent
         assert parent is not None and 0 < j < len(node.key)
-        upper = TreeNode(node.key[:j], parent, self._next_id, node.start + j, node.last_access)
+        ut = key_tokens(node.key[:j], self.page_size)
+        upper = TreeNode(node.key[:j], parent, self._next_id, node.start + j, node.last_access, ut)
+        node.ntok -= ut
         self._next_id += 1
         self._num_nodes += 1
         upper.lock_ref = node.lock_ref
@@ -486,7 +494,6 @@ class RadixCache:
 
     def _evict(self, n_tokens: int) -> int:
         heap = self._heap
-        ps = self.page_size
         evicted = 0
         root = self._root
         while evicted < n_tokens and heap:
@@ -498,11 +505,11 @@ class RadixCache:
             assert parent is not None
             del parent.children[x.key[0]]
             x.alive = False
-            size = len(x.key)
+            size = x.ntok
             self._num_nodes -= 1
-            self._total_pages -= size
-            self._evictable_pages -= size
-            evicted += size * ps
+            self._total_tok -= size
+            self._evictable_tok -= size
+            evicted += size
             self._drop_waiters(x, parent)
             if self.on_evict is not None:
                 self.on_evict(x, parent)
@@ -533,12 +540,12 @@ class RadixCache:
         x = node
         while x is not root:
             if x.lock_ref == 0:
-                moved += len(x.key)
+                moved += x.ntok
             x.lock_ref += 1
             x = x.parent  # type: ignore[assignment]
-        self._evictable_pages -= moved
-        self._locked_pages += moved
-        return moved * self.page_size
+        self._evictable_tok -= moved
+        self._locked_tok += moved
+        return moved
 
     def dec_lock_ref(self, node: TreeNode) -> int:
         """Unpin ``node`` and every ancestor (root excluded): ``lock_ref -= 1`` on each.
@@ -569,11 +576,11 @@ class RadixCache:
         while x is not root:
             x.lock_ref -= 1
             if x.lock_ref == 0:
-                moved += len(x.key)
+                moved += x.ntok
             x = x.parent  # type: ignore[assignment]
-        self._evictable_pages += moved
-        self._locked_pages -= moved
-        return moved * self.page_size
+        self._evictable_tok += moved
+        self._locked_tok -= moved
+        return moved
 
     # ------------------------------------------------------------------ pool
 
@@ -633,7 +640,7 @@ class RadixCache:
         walk stops at the first locked node.
         """
         upto = node.depth if upto_pages is None else upto_pages
-        pages = 0
+        tokens = 0
         root = self._root
         x = node
         while x is not root and x.lock_ref == 0:
@@ -641,9 +648,18 @@ class RadixCache:
                 hi = x.depth if x.depth < upto else upto
                 lo = x.depth - len(x.key)
                 if hi > lo:
-                    pages += hi - lo
+                    tokens += self.edge_tokens(x, hi - lo)
             x = x.parent  # type: ignore[assignment]
-        return pages * self.page_size
+        return tokens
+
+    def edge_tokens(self, node: TreeNode, pages: int) -> int:
+        """Tokens of the first ``pages`` pages (keys) of ``node``'s edge."""
+        if pages >= len(node.key):
+            return node.ntok
+        ps = self.page_size
+        if ps != 1:
+            return pages * ps
+        return key_tokens(node.key[:pages], 1)
 
     def iter_nodes(self) -> Iterator[TreeNode]:
         """All nodes, root first, depth-first pre-order, children in insertion order."""
@@ -796,7 +812,8 @@ class RadixCache:
             if x is root:
                 continue
             assert x.lock_ref >= 0
-            n = len(x.key)
+            n = x.ntok
+            assert n == key_tokens(x.key, self.page_size), f"node {x.id}: ntok {n} != its edge's tokens"
             total += n
             if x.lock_ref == 0:
                 ev += n
@@ -805,9 +822,9 @@ class RadixCache:
             else:
                 lk += n
         assert count == self._num_nodes, (count, self._num_nodes)
-        assert total == self._total_pages, (total, self._total_pages)
-        assert ev == self._evictable_pages, (ev, self._evictable_pages)
-        assert lk == self._locked_pages, (lk, self._locked_pages)
+        assert total == self._total_tok, (total, self._total_tok)
+        assert ev == self._evictable_tok, (ev, self._evictable_tok)
+        assert lk == self._locked_tok, (lk, self._locked_tok)
         assert 0 <= self._reserved
         assert self.total_tokens + self._reserved <= self.capacity_tokens, "pool over capacity"
         n_attached = 0

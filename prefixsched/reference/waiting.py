@@ -22,12 +22,13 @@ each; iteration is O(1) per entry.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedList
 
-from prefixsched.theory.model import Request
+from prefixsched.theory.model import Request, WKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from prefixsched.reference.radix_cache import RadixCache, TreeNode
@@ -70,7 +71,7 @@ class Entry:
 
     __slots__ = (
         "request", "seq", "cached_tokens", "extend_tokens", "pages", "used", "keys", "ci", "lpm_key",
-        "fill_len", "out_left",
+        "fill_len", "out_left", "cum", "cap", "ps",
     )
 
     def __init__(self, request: Request, seq: int, keys: tuple, ci: int, fill_len: int | None = None,
@@ -86,6 +87,15 @@ class Entry:
         self.cached_tokens = 0
         self.extend_tokens = self.fill_len
         self.lpm_key = 0
+        self.cum: list[int] | None = None  # token prefix sums of the keys (compressed page-1 keys)
+        self.cap = -1  # most keys a match may use (tokens <= fill_len - 1); set by the index
+        self.ps = 1  # page size; set by the index
+
+    @property
+    def match_tokens(self) -> int:
+        """Tokens of the whole (uncapped) match of ``pages`` keys."""
+        cum = self.cum
+        return cum[self.pages] if cum is not None else self.pages * self.ps
 
     def __repr__(self) -> str:
         return (
@@ -146,15 +156,14 @@ class WaitingIndex:
     # ------------------------------------------------------------------ updates
 
     def _cached(self, e: Entry, pages: int) -> None:
-        ps = self.page_size
-        plen = e.fill_len
-        cap = (plen - 1) // ps
+        cap = e.cap
         used = pages if pages < cap else cap
-        c = used * ps
+        cum = e.cum
+        c = cum[used] if cum is not None else used * self.page_size
         e.pages = pages
         e.used = used
         e.cached_tokens = c
-        e.extend_tokens = plen - c
+        e.extend_tokens = e.fill_len - c
         e.lpm_key = -c * self._n + e.seq
 
     def min_extend(self, ci: int | None = None) -> int:
@@ -168,9 +177,39 @@ class WaitingIndex:
         sl = self.need_keys if ci is None else self.need_by[ci]
         return sl[0] // self._n if sl else 1 << 62
 
+    def prepare(self, e: Entry) -> None:
+        """Set the entry's page size, its cap (the most keys a match may use: SGLang matches only
+        the first ``fill_len - 1`` tokens) and, for compressed page-1 keys
+        (:class:`~prefixsched.theory.model.WKey`), its token prefix sums."""
+        ps = self.page_size
+        e.ps = ps
+        keys = e.keys
+        if ps == 1 and any(type(k) is WKey for k in keys):
+            cum = [0]
+            t = 0
+            for k in keys:
+                t += k[3] if type(k) is WKey else 1
+                cum.append(t)
+            e.cum = cum
+            e.cap = bisect_right(cum, e.fill_len - 1) - 1
+        else:
+            e.cum = None
+            e.cap = min(len(keys), (e.fill_len - 1) // ps)
+
+    def capped_tokens(self, keys: Sequence[Hashable], pages: int, fill_len: int) -> int:
+        """The prefix hit of a fill of ``fill_len`` tokens whose match is ``pages`` of ``keys``:
+        the cached tokens :meth:`prepare` and ``_cached`` give a waiting entry."""
+        e = Entry.__new__(Entry)
+        e.keys = tuple(keys)
+        e.fill_len = fill_len
+        self.prepare(e)
+        used = pages if pages < e.cap else e.cap
+        return e.cum[used] if e.cum is not None else used * self.page_size
+
     def add(self, e: Entry) -> None:
         """A request joins the queue: watch its prompt and insert it in every order."""
         assert self.cache is not None
+        self.prepare(e)
         pages = self.cache.watch(e.seq, e.keys)
         self._cached(e, pages)
         self.version += 1

@@ -47,6 +47,8 @@ __all__ = [
     "Instance",
     "page_keys",
     "sequence_page_keys",
+    "WKey",
+    "key_tokens",
     "lcp",
 ]
 
@@ -141,6 +143,39 @@ class BlockPrompt(Sequence[int]):
 Prompt = Union[tuple[int, ...], BlockPrompt]
 
 
+class WKey(tuple):
+    """A page key that stands for several tokens: ``("BT", block, start, n)`` = the ``n`` tokens
+    ``start .. start+n-1`` of block ``block`` (its ids ``block*block_size + start ..``).
+
+    :func:`page_keys` of a :class:`BlockPrompt` at ``page_size == 1`` compresses each block into two
+    such keys, so a page-1 radix walk costs O(blocks), not O(tokens) (issue #8 §3): ``(block, 0,
+    len-1)`` and ``(block, len-1, 1)`` where ``len`` is the block's length in that prompt (its last
+    block may be partial). The split before the last token puts SGLang's ``len - 1`` match cap on a
+    key boundary. This is exact as long as every block id has one length throughout the instance
+    (true of the Mooncake trace, whose ids are hashes of the block's tokens: a partial block has its
+    own id); a block id that is partial in one prompt and full in another would not share its
+    first tokens, as token-level matching would. The radix cache reads a key's token count from
+    :attr:`n` (:func:`key_tokens`); every other key weighs one page.
+    """
+
+    __slots__ = ()
+
+    @property
+    def n(self) -> int:
+        return self[3]
+
+
+def key_tokens(keys: Sequence[Hashable], page_size: int) -> int:
+    """Tokens that a page-key sequence stands for: ``page_size`` per key, :attr:`WKey.n` for a
+    compressed key."""
+    if page_size != 1:
+        return len(keys) * page_size
+    t = 0
+    for k in keys:
+        t += k[3] if type(k) is WKey else 1
+    return t
+
+
 def page_keys(prompt: Prompt, page_size: int) -> tuple[Hashable, ...]:
     """One hashable key per *full* page of ``prompt`` (a trailing partial page has no key).
 
@@ -156,13 +191,24 @@ def page_keys(prompt: Prompt, page_size: int) -> tuple[Hashable, ...]:
     tuple
         ``len(prompt) // page_size`` keys. Equal keys <=> equal token pages (within one prompt
         kind). For a BlockPrompt whose ``block_size`` is a multiple of ``page_size`` the keys are
-        ``("B", block, sub_page)`` and cost O(pages), never a token-level walk.
+        ``("B", block, sub_page)`` and cost O(pages), never a token-level walk; at ``page_size ==
+        1`` (and ``block_size > 1``) they are compressed :class:`WKey` keys, two per block, that
+        cover every token (:func:`key_tokens` counts them).
     """
     if page_size < 1:
         raise InputError("page_size", f"must be >= 1, got {page_size}")
     n_pages = len(prompt) // page_size
     if isinstance(prompt, BlockPrompt):
         bs = prompt.block_size
+        if page_size == 1 and bs > 1:
+            out: list[Hashable] = []
+            n = prompt.length
+            for k, b in enumerate(prompt.blocks):
+                ln = bs if (k + 1) * bs <= n else n - k * bs
+                if ln > 1:
+                    out.append(WKey(("BT", b, 0, ln - 1)))
+                out.append(WKey(("BT", b, ln - 1, 1)))
+            return tuple(out)
         if bs % page_size == 0:
             per = bs // page_size
             blocks = prompt.blocks
@@ -188,6 +234,8 @@ def sequence_page_keys(
     if not with_output:
         return keys
     total = len(request.prompt) + request.output_len
+    if page_size == 1:  # compressed prompt keys cover every prompt token: one key per output token
+        return keys + tuple(("O", request.id, p) for p in range(len(request.prompt), total))
     n_full = total // page_size
     extra = tuple(("O", request.id, p) for p in range(len(keys), n_full))
     return keys + extra

@@ -25,7 +25,7 @@ from prefixsched.errors import IllegalDecisionError, InputError
 from prefixsched.reference.policies.base import Policy
 from prefixsched.reference.radix_cache import RadixCache
 from prefixsched.reference.waiting import WaitingIndex
-from prefixsched.theory.model import Instance, Request, page_keys
+from prefixsched.theory.model import Instance, Request, WKey, page_keys
 from prefixsched.theory.trace import RequestRecord, Run, Trace
 
 __all__ = ["EngineBase", "EvictionLogCache", "fill_keys", "output_token", "lock_walk"]
@@ -40,10 +40,20 @@ def fill_keys(request: Request, page_size: int, n_tokens: int, prompt_keys: tupl
     prompt. ``prompt_keys`` (the prompt's page keys) saves recomputing them.
     """
     keys = page_keys(request.prompt, page_size) if prompt_keys is None else prompt_keys
+    rid = request.id
+    if page_size == 1 and keys and type(keys[0]) is WKey:  # compressed keys cover the whole prompt
+        plen = request.prompt_len
+        if n_tokens >= plen:
+            return keys + tuple(("O", rid, p) for p in range(plen, n_tokens))
+        t = 0
+        for i, k in enumerate(keys):
+            t += k[3] if type(k) is WKey else 1
+            if t > n_tokens:
+                return keys[:i]
+        return keys
     n_full = n_tokens // page_size
     if n_full <= len(keys):
         return keys[:n_full]
-    rid = request.id
     return keys + tuple(("O", rid, p) for p in range(len(keys), n_full))
 
 
@@ -54,7 +64,7 @@ def output_token(seq: int, j: int) -> int:
     return (1 << 52) + (seq << 24) + j
 
 
-def lock_walk(node: Any, upto: int, counted: dict[int, int], root: Any, page_size: int) -> tuple[int, list[tuple[int, int]]]:
+def lock_walk(node: Any, upto: int, counted: dict[int, int], root: Any, cache: RadixCache) -> tuple[int, list[tuple[int, int]]]:
     """What pinning a match would take out of the evictable tokens, next to the matches already
     pinned in this pass.
 
@@ -63,7 +73,8 @@ def lock_walk(node: Any, upto: int, counted: dict[int, int], root: Any, page_siz
     Walks up from ``node`` through *unlocked* nodes (lock refs are path-monotone, so the first
     locked node ends the walk) and counts the pages not counted yet; a node counted before stops
     the walk (its ancestors were counted in full). Returns ``(tokens, updates)``: the new tokens
-    (pages * page_size) and the ``(node_id, pages)`` marks to commit if the match is pinned.
+    (:meth:`RadixCache.edge_tokens`) and the ``(node_id, pages)`` marks to commit if the match is
+    pinned.
     This is the union of the pinned prefix paths of a batch, counted node by node and per matched
     page (a match ending inside an edge counts only its pages).
     """
@@ -72,6 +83,7 @@ def lock_walk(node: Any, upto: int, counted: dict[int, int], root: Any, page_siz
     new = 0
     updates: list[tuple[int, int]] = []
     x = node
+    et = cache.edge_tokens
     while x is not root and x.lock_ref == 0:
         d = x.depth
         lo = d - len(x.key)
@@ -79,15 +91,15 @@ def lock_walk(node: Any, upto: int, counted: dict[int, int], root: Any, page_siz
         if hi > lo:
             prev = counted.get(x.id)
             if prev is None:
-                new += hi - lo
+                new += et(x, hi - lo)
                 updates.append((x.id, hi))
             else:
                 if hi > prev:
-                    new += hi - prev
+                    new += et(x, hi - lo) - et(x, prev - lo)
                     updates.append((x.id, hi))
                 break  # ancestors were counted in full by the walk that counted x
         x = x.parent
-    return new * page_size, updates
+    return new, updates
 
 
 class EvictionLogCache(RadixCache):

@@ -121,7 +121,7 @@ class IdealBatchBuilder:
         """Tokens the entry's match would newly take out of ``evictable`` and the per-node
         counted marks to commit (:func:`~prefixsched.reference.engine.core.lock_walk`)."""
         eng = self._engine
-        return lock_walk(eng.cache.watched_node(e.seq), e.used, self._counted, self._root, eng.page_size)
+        return lock_walk(eng.cache.watched_node(e.seq), e.used, self._counted, self._root, eng.cache)
 
     def client_full(self, client: str) -> bool:
         """True if no waiting request of ``client`` can be added any more (optional extension of
@@ -339,7 +339,7 @@ class IdealWorker(EngineBase):
             r = e.request
             self.first_t[s] = end
             keys = e.keys
-            moved = (len(keys) - e.used) * ps
+            moved = (e.cum[-1] if e.cum is not None else len(keys) * ps) - e.cached_tokens
             if moved:
                 cache.release(moved)
                 private[s] -= moved

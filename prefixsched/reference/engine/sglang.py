@@ -85,7 +85,7 @@ from prefixsched.reference.engine.core import EngineBase, fill_keys, lock_walk, 
 from prefixsched.reference.engine.snapshot import EngineSnapshot
 from prefixsched.reference.policies.base import Decision, FinishedInfo
 from prefixsched.reference.waiting import Entry
-from prefixsched.theory.model import BlockPrompt, Request
+from prefixsched.theory.model import BlockPrompt, Request, WKey, key_tokens
 
 __all__ = ["SGLangConfig", "SGLangWorker", "AdderBuilder", "PassRecord", "CONTINUE", "NO_TOKEN", "OTHER"]
 
@@ -369,7 +369,7 @@ class AdderBuilder:
         prefix = e.cached_tokens
         cand = e.fill_len - prefix
         total = cand + max_new + ps
-        lock, updates = lock_walk(eng.cache.watched_node(s), e.used, self._counted, self._root, ps)
+        lock, updates = lock_walk(eng.cache.watched_node(s), e.used, self._counted, self._root, eng.cache)
         if not total < self.avail0 - self.locked - lock - self.total_offset:
             return NO_TOKEN, False, 0, False, [], 0
         input_tokens = self._ceil(cand)
@@ -528,7 +528,7 @@ class SGLangWorker(EngineBase):
         self.last_dstep_index = -1  # trace step index of the latest decode step
         n = len(self.reqs)
         self.kv_len = [0] * n  # tokens of the current run with KV
-        self.lk_pages = [0] * n  # pages of the locked node's path (the run's tree-owned prefix)
+        self.lk_tok = [0] * n  # tokens of the locked node's path (the run's tree-owned prefix)
         self.fill_n = [0] * n  # fill of the current run
         self.out_n = [0] * n  # tokens produced (decode members: at join time, see out_at)
         self.d0 = [0] * n  # decode index at which it joined the decode batch
@@ -572,7 +572,7 @@ class SGLangWorker(EngineBase):
 
     def _grow(self) -> None:
         super()._grow()
-        for a in (self.kv_len, self.lk_pages, self.fill_n, self.out_n, self.d0, self.join_step, self.max_new, self.run_no):
+        for a in (self.kv_len, self.lk_tok, self.fill_n, self.out_n, self.d0, self.join_step, self.max_new, self.run_no):
             a.append(0)
 
     def submit(self, request: Request, keys: tuple | None = None) -> int:
@@ -595,7 +595,7 @@ class SGLangWorker(EngineBase):
 
     def _private(self, s: int, kv: int) -> int:
         ps = self.page_size
-        return (-(-kv // ps) - self.lk_pages[s]) * ps
+        return -(-kv // ps) * ps - self.lk_tok[s]
 
     def _busy(self) -> bool:
         return self.n_running > 0
@@ -749,7 +749,6 @@ class SGLangWorker(EngineBase):
             return
         name, match_max = nat
         cache = self.cache
-        ps = self.page_size
         entries = self.index.entries
         act = native.active_policy(name, len(self.queue), match_max)
         if act == "lpm":
@@ -759,10 +758,10 @@ class SGLangWorker(EngineBase):
                     cache.match_prefix(e.keys[: e.pages], split=True, touch=True)
             cfg = self.cfg
             dep = native.in_batch_deprioritized(
-                q, lambda e: e.pages * ps, self._lead,
+                q, lambda e: e.match_tokens, self._lead,
                 check_threshold=cfg.in_batch_check_threshold, deprioritize_threshold=cfg.in_batch_deprioritize_threshold,
             )
-            order = native.lpm_sort(q, lambda e: native.lpm_sort_key(e.pages * ps, e.fill_len), dep)
+            order = native.lpm_sort(q, lambda e: native.lpm_sort_key(e.match_tokens, e.fill_len), dep)
             self.queue = dict.fromkeys(e.seq for e in order)
             if rec is not None:
                 rec.deprioritized = tuple(q[k].request.id for k in sorted(dep))
@@ -837,7 +836,7 @@ class SGLangWorker(EngineBase):
                 c = e.cached_tokens
                 cache.stats.hit_tokens += c
                 kv = c
-                self.lk_pages[s] = e.used
+                self.lk_tok[s] = c
                 self.fill_n[s] = e.fill_len
                 first = self.runs_of[s] is None and self.run_no[s] == 0
                 if first:
@@ -902,19 +901,19 @@ class SGLangWorker(EngineBase):
         cache = self.cache
         ps = self.page_size
         kv = self.kv_len[s]
-        new = kv // ps
-        old = self.lk_pages[s]
-        if new <= old:
-            return
         r = self.reqs[s]
         keys = fill_keys(r, ps, kv, self.prompt_keys(s))
-        cache.release((new - old) * ps)
+        new = key_tokens(keys, ps)
+        old = self.lk_tok[s]
+        if new <= old:
+            return
+        cache.release(new - old)
         res = cache.insert(keys)
         cache.inc_lock_ref(res.node)
         if self.node_of[s] is not None and self.node_of[s] is not cache.root:
             cache.dec_lock_ref(self.node_of[s])
         self.node_of[s] = res.node
-        self.lk_pages[s] = new
+        self.lk_tok[s] = new
 
     def _release(self, s: int, kv: int, insert: bool) -> None:
         """``release_kv_cache``: free the private pages (after inserting the computed pages with
@@ -927,7 +926,7 @@ class SGLangWorker(EngineBase):
         if node is not None and node is not cache.root:
             cache.dec_lock_ref(node)
         self.node_of[s] = None
-        self.lk_pages[s] = 0
+        self.lk_tok[s] = 0
 
     def _finish(self, s: int, end: float, kv: int, finished: list[FinishedInfo]) -> None:
         r = self.reqs[s]
@@ -1131,6 +1130,9 @@ class SGLangWorker(EngineBase):
         for k in keys:
             if type(k) is int:
                 out.append(k)
+            elif type(k) is WKey:  # ("BT", block, start, n): n tokens of block from start
+                base = k[1] * self._block_size + k[2]
+                out.extend(range(base, base + k[3]))
             elif isinstance(k, tuple) and k and k[0] == "B" and len(k) == 3:
                 blk, sub = k[1], k[2]
                 bs = None

@@ -45,10 +45,9 @@ class CacheViewImpl:
             e = eng.index.entries.get(seq)
             if e is not None:
                 return e.cached_tokens
-        ps = eng.page_size
-        keys = page_keys(request.prompt, ps)
+        keys = page_keys(request.prompt, eng.page_size)
         pages = eng.cache.match_prefix(keys, split=False, touch=False).pages
-        return min(pages, (request.prompt_len - 1) // ps) * ps
+        return eng.index.capped_tokens(keys, pages, request.prompt_len)
 
     def dfs_weight_order(self, entries: Sequence[Any]) -> list[Any]:
         """SGLang's dfs-weight order (:meth:`WaitingIndex.dfs_weight_order`). The last result is
