@@ -175,9 +175,11 @@ class DLPM(Policy):
                 remaining[u] -= 1
                 if new <= 0 or remaining[u] == 0:
                     n_pos -= 1
-                if b.full:  # only an admission can fill the batch
+                if b.full:
                     break
                 live, todo = live_todo()
+            elif b.full:  # a builder that stops at the first misfit (the sglang engine's)
+                break
             if n_pos and not todo:
                 break
         return Decision(tuple(b.admitted))

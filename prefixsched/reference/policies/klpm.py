@@ -91,6 +91,8 @@ class KLPM(Policy):
                     if b.try_add(x):
                         e = x
                         break
+                    if b.full:  # a builder that stops at the first misfit (the sglang engine's)
+                        break
                 if e is None:
                     break
             taken.add(e.request.id)
