@@ -70,3 +70,72 @@ def test_gap_cli_on_the_big_timestamp_trace(tmp_path, capsys):
     assert code == 0, err
     d = json.loads(out.read_text())
     assert d["proven_instances"] == 1 and d["ratios"]["fcfs"][0] >= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the checker never accepts a non-finite quantity
+
+
+def _bypass(obj, **fields):
+    """A copy of a frozen dataclass with ``fields`` set without validation (what a buggy or
+    hostile producer could hand the checker)."""
+    import copy
+
+    out = copy.copy(obj)
+    for k, v in fields.items():
+        object.__setattr__(out, k, v)
+    return out
+
+
+def _small_trace():
+    from prefixsched.reference.policies import create
+    from prefixsched.reference.simulator import simulate
+    from prefixsched.reference.workloads import make_workload
+
+    inst = make_workload("shared-prefix", clients=2, seed=0, n_requests=12)
+    return inst, simulate(inst, create("fcfs"))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf * 0 in the duration replay
+@pytest.mark.parametrize("field", ["c_attn", "prefill_per_token_s", "decode_base_s"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_checker_rejects_a_non_finite_cost_model(field, value):
+    from prefixsched.errors import CheckerError
+    from prefixsched.theory.schedule import check_trace
+
+    inst, trace = _small_trace()
+    check_trace(inst, trace)  # the honest pair passes
+    bad = _bypass(inst, cost_model=_bypass(inst.cost_model, **{field: value}))
+    rep = check_trace(bad, trace, strict=False)
+    assert not rep.ok
+    assert any(v.startswith("[finite] cost_model." + field) for v in rep.violations), rep.violations
+    with pytest.raises(CheckerError, match=r"\[finite\]"):
+        check_trace(bad, trace)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_checker_rejects_an_overflowing_cost_model():
+    """c_attn = 1e308 is finite but makes every step duration inf: the durations are caught."""
+    from prefixsched.theory.schedule import check_trace
+
+    inst, trace = _small_trace()
+    bad = _bypass(inst, cost_model=_bypass(inst.cost_model, c_attn=1e308))
+    rep = check_trace(bad, trace, strict=False)
+    assert any("non-finite duration" in v for v in rep.violations), rep.violations
+
+
+@pytest.mark.parametrize("where", ["step_end", "finish", "arrival"])
+def test_checker_rejects_non_finite_trace_times(where):
+    from prefixsched.theory.schedule import check_trace
+
+    inst, trace = _small_trace()
+    if where == "step_end":
+        ends = list(trace.step_end)
+        ends[-1] = float("nan")
+        bad = _bypass(trace, step_end=type(trace.step_end)(ends))
+    else:
+        recs = list(trace.requests)
+        recs[0] = _bypass(recs[0], **{where: float("inf")})
+        bad = _bypass(trace, requests=type(trace.requests)(recs))
+    rep = check_trace(inst, bad, strict=False)
+    assert any(v.startswith("[finite]") and where in v for v in rep.violations), rep.violations
