@@ -139,3 +139,143 @@ def test_checker_rejects_non_finite_trace_times(where):
         bad = _bypass(trace, requests=type(trace.requests)(recs))
     rep = check_trace(inst, bad, strict=False)
     assert any(v.startswith("[finite]") and where in v for v in rep.violations), rep.violations
+
+
+# ---------------------------------------------------------------------------------------------
+# interrupts: an interrupted solve says so (status, exit code), outputs are never half-written
+
+
+def _hard_z3_instance():
+    from prefixsched.theory.sequential import SeqInstance
+
+    rng = np.random.default_rng(3)
+    prompts = [tuple(int(x) for x in rng.integers(0, 3, size=int(rng.integers(20, 60)))) for _ in range(8)]
+    arrivals = sorted(float(x) for x in rng.uniform(0, 80, size=8))
+    return SeqInstance.simple(prompts, arrivals, c_attn=0.37)  # z3 needs > 20 s on it (radix, mean-ttft)
+
+
+def _def4(users: int):
+    from prefixsched.reductions.families import klpm_definition4
+
+    return klpm_definition4(u=100, d=20, s=20, k=4, users=users, seed=0)
+
+
+def _interrupt_after(seconds: float):
+    """Simulate Ctrl-C in the main thread after ``seconds`` (what the terminal does)."""
+    import _thread
+    import threading
+
+    t = threading.Timer(seconds, _thread.interrupt_main)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize(
+    "solver, make, model, objective",
+    [
+        ("cpsat", lambda: _def4(10), "prev", "max-ttft"),
+        ("z3", _hard_z3_instance, "radix", "mean-ttft"),
+        ("dp", lambda: _def4(10), "prev", "max-ttft"),
+    ],
+)
+def test_interrupted_solve_raises_with_the_partial_result(solver, make, model, objective):
+    """CP-SAT and z3 used to swallow Ctrl-C and return FEASIBLE as after a timeout."""
+    import time
+
+    from prefixsched.errors import SolveInterrupted
+
+    inst = make()
+    timer = _interrupt_after(1.5)
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(SolveInterrupted) as ei:
+            solve(inst, model=model, objective=objective, solver=solver, time_limit=60)
+    except KeyboardInterrupt:  # pragma: no cover - would abort the whole test session
+        pytest.fail("a bare KeyboardInterrupt escaped instead of SolveInterrupted")
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - t0 < 20, "the search did not stop promptly"
+    res = ei.value.result
+    assert res is not None and res.interrupted and res.to_dict()["interrupted"] is True
+    assert res.status.value in ("FEASIBLE", "UNKNOWN") and not res.optimal
+    assert ei.value.signum == 2
+
+
+def test_cli_solve_interrupted_says_so_and_writes_nothing(tmp_path, capsys):
+    from prefixsched.instance_io import save_instance
+
+    path = tmp_path / "i.json"
+    save_instance(path, _def4(10))
+    out = tmp_path / "r.json"
+    out.write_text("previous")
+    timer = _interrupt_after(2.0)
+    try:
+        code, text, err = run(["solve", str(path), "--solver", "cpsat", "--time-limit", "60", "--json", str(out)], capsys)
+    except KeyboardInterrupt:  # pragma: no cover
+        pytest.fail("KeyboardInterrupt escaped main()")
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert "interrupted" in text and "FEASIBLE" in text
+    assert "prefixsched: interrupted (SIGINT)" in err and "Traceback" not in err
+    assert out.read_text() == "previous"  # no output file is written after an interrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.json", "r.json"]
+
+
+def test_cli_gap_stops_on_interrupt(tmp_path, capsys):
+    """A loop over many solves must stop on Ctrl-C, not count the instance as unproven."""
+    timer = _interrupt_after(2.0)
+    try:
+        code, _, err = run(["gap", "--n", "14", "--instances", "1000", "--solver", "cpsat", "--time-limit", "60",
+                            "--policies", "fcfs", "--no-progress", "--json", str(tmp_path / "g.json")], capsys)
+    except KeyboardInterrupt:  # pragma: no cover
+        pytest.fail("KeyboardInterrupt escaped main()")
+    finally:
+        timer.cancel()
+    assert code == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_png_write_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    """SIGTERM arriving while the PNG is written (here: raised from inside savefig, as the CLI's
+    handler does) unwinds like Ctrl-C: the temporary file is removed, the old file kept, exit 143."""
+    import matplotlib.figure
+
+    from prefixsched.errors import Interrupted
+
+    def savefig(self, fh, **kw):
+        fh.write(b"\x89PNG partial")
+        raise Interrupted(15)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    png = tmp_path / "o.png"
+    png.write_bytes(b"old")
+    code, _, err = run(["simulate", "--max-requests", "30", "--policy", "fcfs", "--no-progress", "--plot", str(png)],
+                       capsys)
+    assert code == 143 and "interrupted (SIGTERM)" in err
+    assert png.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_real_sigterm_to_the_cli_process(tmp_path):
+    """The handler is really installed: SIGTERM to a running `prefixsched solve` gives exit 143,
+    the interrupted result on stdout, and no file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prefixsched.instance_io import save_instance
+
+    path = tmp_path / "i.json"
+    save_instance(path, _def4(10))
+    out = tmp_path / "r.json"
+    p = subprocess.Popen([sys.executable, "-m", "prefixsched.cli", "solve", str(path), "--solver", "cpsat",
+                          "--time-limit", "60", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    time.sleep(4.0)
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 143, stderr
+    assert "interrupted" in stdout and "Traceback" not in stderr
+    assert not out.exists() and [q.name for q in tmp_path.iterdir()] == ["i.json"]

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prefixsched.errors import SolveInterrupted
+from prefixsched.errors import Interrupted, SolveInterrupted
 
 __all__ = ["Guard"]
 
@@ -96,3 +96,9 @@ class Guard:
         if self.signum is None:
             return result
         raise SolveInterrupted(dataclasses.replace(result, interrupted=True), self.signum)
+
+    def reraise(self) -> None:
+        """Raise the recorded interrupt again (as :class:`~prefixsched.errors.Interrupted`, a
+        ``KeyboardInterrupt``) if one arrived; for searches with no partial result to report."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
