@@ -55,6 +55,8 @@ option                     limit
 ``--bound``, ``--delta``   [0, 1e15] time / cost units
 ``--seed``                 0 .. 2**63 - 1
 ``--k``                    1 .. 10**9, or ``inf``
+``simulate`` input         at most 10 million cache pages (sum of (prompt + output tokens) /
+                           ``limits.page_size``; :data:`MAX_SIM_PAGES`, a memory estimate)
 =========================  =====================================================================
 
 Progress bars go to stderr; stdout and JSON outputs are deterministic: the same arguments and
@@ -86,6 +88,10 @@ MAX_COST = 1e15
 MAX_SEED = 2**63 - 1
 MAX_K = 10**9
 MAX_TRIPLES = 100
+#: Most radix-cache pages one simulation may create (prompt + output tokens / page_size, summed
+#: over the requests): ~100-200 bytes each, so 10 million is 1-2 GB. The Mooncake trace needs
+#: ~0.3 million at its 512-token pages; a 10M-token prompt at page_size 1 alone needs 10 million.
+MAX_SIM_PAGES = 10_000_000
 
 #: const of a bare ``--json`` where that spelling is deprecated (``solve``, ``policies``)
 _BARE = "\0bare"
@@ -110,7 +116,7 @@ def _int_in(name: str, lo: int, hi: int | None = None):
 
     def parse(text: str) -> int:
         digits = len(text.strip().lstrip("+-"))
-        if _INT_TEXT.fullmatch(text) and digits > 30:
+        if _INT_TEXT.fullmatch(text) and digits > (30 if hi is not None else 4000):
             raise argparse.ArgumentTypeError(f"must be an integer {rng}, got one of {digits} digits")
         try:
             v = int(text)
@@ -356,6 +362,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     elif args.plot is not None:
         raise InputError("--plot", "per-policy plots are single-worker only; drop --plot or use --workers 1")
     inst, source = _load_input(args)
+    ps = inst.limits.page_size
+    pages = sum((r.prompt_len + r.output_len) // ps for r in inst.requests)
+    if pages > MAX_SIM_PAGES:  # a memory estimate, checked before the first step
+        raise InputError(
+            "--trace", f"the simulation would hold up to {pages:,} cache pages ((prompt + output tokens) / page_size "
+            f"{ps}), more than {MAX_SIM_PAGES:,} (~2 GB); use a larger limits.page_size or fewer requests",
+        )
     policies = [create(s, quantum=args.quantum, k=args.k, seed=args.seed) for s in specs]
     show = not args.no_progress and sys.stderr.isatty()
     results = []

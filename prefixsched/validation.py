@@ -294,12 +294,13 @@ def number(
     :class:`JSONNumber`, ``nan``/``inf`` or a value outside the range (an int of any size is
     compared exactly, never converted to an overflowing float).
     """
-    u = f" {unit}" if unit else ""
+    u = f" ({unit})" if unit else ""
+    rng = f" {_range_text(lo, hi, lo_open)}" if (lo is not None or hi is not None) else ""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         kind = "finite number" if isinstance(v, JSONNumber) else "number"
-        raise InputError(field, f"must be a {kind}{u} {_range_text(lo, hi, lo_open)}, got {show(v)}", where)
+        raise InputError(field, f"must be a {kind}{rng}{u}, got {show(v)}", where)
     if isinstance(v, float) and not math.isfinite(v):
-        raise InputError(field, f"must be a finite number{u} {_range_text(lo, hi, lo_open)}, got {v!r}", where)
+        raise InputError(field, f"must be a finite number{rng}{u}, got {v!r}", where)
     if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
         raise InputError(field, f"must be {_range_text(lo, hi, lo_open)}{u}, got {show(v)}", where)
     return float(v)
@@ -318,12 +319,12 @@ def integer(
 
     Raises :class:`InputError` naming ``field`` (and ``where``) otherwise.
     """
-    u = f" {unit}" if unit else ""
+    u = f" ({unit})" if unit else ""
     if isinstance(v, float) and math.isfinite(v) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
         rng = f" {_range_text(lo, hi, False)}" if (lo is not None or hi is not None) else ""
-        raise InputError(field, f"must be an integer{u}{rng}, got {show(v)}", where)
+        raise InputError(field, f"must be an integer{rng}{u}, got {show(v)}", where)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise InputError(field, f"must be {_range_text(lo, hi, False)}{u}, got {show(v)}", where)
     return v

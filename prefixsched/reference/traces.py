@@ -188,7 +188,7 @@ def load_mooncake(
             for k, h in enumerate(hashes):
                 if type(h) is not int or not 0 <= h <= max_id:
                     raise InputError(
-                        "hash_ids", f"hash_ids[{k}]: block ids must be integers in [0, 2**63 - 1], got {_v.show(h)}", where
+                        "hash_ids", f"block id hash_ids[{k}] must be an integer in [0, 2**63 - 1], got {_v.show(h)}", where
                     )
             need = -(-n_in // block_size)
             if len(hashes) != need:
