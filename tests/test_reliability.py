@@ -279,3 +279,60 @@ def test_real_sigterm_to_the_cli_process(tmp_path):
     assert p.returncode == 143, stderr
     assert "interrupted" in stdout and "Traceback" not in stderr
     assert not out.exists() and [q.name for q in tmp_path.iterdir()] == ["i.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# size estimates checked before the work
+
+
+@pytest.mark.parametrize("name", ["lpm-starvation", "fcfs-no-reuse", "vtc-locality", "d2lpm-infinite-qw",
+                                  "klpm-definition4"])
+def test_family_tokens_is_the_size_of_the_built_member(name):
+    from prefixsched.reductions.families import FAMILIES, family_tokens
+
+    for n in (1, 2, 3, 7, 20):
+        inst = FAMILIES[name][0](n)
+        assert family_tokens(name, n) == sum(r.prompt_len for r in inst.requests)
+
+
+def test_reduction_tokens_is_the_size_of_the_reduced_instance_and_refused_above_the_limit():
+    from prefixsched.errors import InputError
+    from prefixsched.reductions.three_partition import ThreePartition, reduce_to_ttft_feasibility, reduction_tokens
+
+    for vals, b in (((5, 5, 6), 16), ((5, 5, 6, 5, 6, 5), 16), ((26, 33, 41, 27, 35, 38), 100)):
+        tp = ThreePartition(vals, b)
+        for rho in (None, 1, 4):
+            red = reduce_to_ttft_feasibility(tp, rho=rho)
+            assert reduction_tokens(tp, rho=rho) == sum(r.prompt_len for r in red.instance.requests)
+    tp = ThreePartition((26, 33, 41), 100)
+    with pytest.raises(InputError, match="pseudo-polynomial in B"):
+        reduce_to_ttft_feasibility(tp, max_tokens=reduction_tokens(tp) - 1)
+
+
+def test_solve_refuses_a_large_instance_before_building_the_lcp_table():
+    """12,000 requests: refused by the size check at once (the n x n LCP table would take minutes)."""
+    import time
+
+    from prefixsched.errors import SolverLimitError
+    from prefixsched.theory.model import Instance, Limits, Request
+
+    inst = Instance(requests=tuple(Request(f"q{i}", "c", float(i), (i, i + 1), 1) for i in range(12_000)))
+    t0 = time.perf_counter()
+    for solver in ("cpsat", "dp", "z3", "brute"):
+        with pytest.raises(SolverLimitError, match="limited to n <="):
+            solve(inst, solver=solver, time_limit=5)
+    assert time.perf_counter() - t0 < 2.0
+    big = Instance(requests=tuple(Request(f"q{i}", "c", 0.0, tuple(range(300_000)), 1) for i in range(8)),
+                   limits=Limits(kv_capacity_tokens=10**6))
+    with pytest.raises(SolverLimitError, match="prompt tokens"):
+        solve(big, solver="dp")
+
+
+def test_workload_parameters_go_through_the_validation_layer():
+    from prefixsched.errors import InputError
+    from prefixsched.reference.workloads import make_workload
+
+    for kw, field in (({"rate": 10**400}, "rate"), ({"rate": float("nan")}, "rate"), ({"cv": -1.0}, "cv")):
+        with pytest.raises(InputError) as ei:
+            make_workload("shared-prefix", **kw)
+        assert ei.value.field == field
