@@ -23,7 +23,8 @@ Options that do not apply are never silently ignored: they are an error, or a
 on a ``.json`` instance, ``--quantum`` when no selected policy takes a quantum).
 
 Outputs. Every output option (``--json``, ``--plot``, ``--gantt``, ``--out``,
-``--certificate-json``) is checked when the arguments are parsed, before any work
+``--certificate-json``; a new one is declared with :func:`_output`) is checked when the
+arguments are parsed, before any work
 (:func:`prefixsched._io.check_output_path`: no directory, device, FIFO, path under a file,
 read-only file or unwritable directory; a symlink to a regular file is followed), and every file
 is written atomically. JSON: ``--json FILE`` writes JSON to FILE, ``--json -`` writes it alone on

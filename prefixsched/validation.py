@@ -17,11 +17,12 @@ field, the value and, where known, ``file:line`` or the request index):
 
 - bytes that are not UTF-8 (the message gives the byte, its offset and its line);
 - JSON syntax errors, ``NaN``/``Infinity`` literals (not JSON, but Python's parser takes them),
-  number literals a float cannot hold (``1e400``), integer literals of more than
-  :data:`MAX_INT_DIGITS` digits (``10**400``, a 5,000-digit integer: Python refuses to convert
-  those beyond 4,300 digits), and nesting deeper than :data:`MAX_JSON_DEPTH`. Such number
-  literals are kept as :class:`JSONNumber` placeholders during parsing, so the *field* reader that
-  meets one names its field (``timestamp: must be a finite number ... got 1e400``);
+  number literals a float cannot hold (``1e400``), integer literals Python will not convert
+  (more than 4,300 digits), and nesting deeper than :data:`MAX_JSON_DEPTH`. Such number literals
+  are kept as :class:`JSONNumber` placeholders during parsing, so the *field* reader that meets
+  one names its field (``timestamp: must be a finite number ... got 1e400``); a long integer that
+  Python does hold (``10**400``) stays an exact int, compared with the range without any float
+  conversion (``got <integer of about 401 digits>``);
 - numbers that are not finite, booleans where numbers are expected, and values outside the
   documented ranges.
 
@@ -99,7 +100,8 @@ MAX_RUNNING_REQUESTS = 10**7
 MAX_COST_SECONDS = 1e3
 MAX_C_ATTN = 1e3
 MAX_WEIGHT = 1e6
-#: Longest JSON integer literal accepted (2**63 has 19 digits; longer ones become a JSONNumber).
+#: In a document with an integer literal Python refuses (over 4,300 digits), every integer literal
+#: longer than this becomes a JSONNumber (2**63 has 19 digits).
 MAX_INT_DIGITS = 30
 #: Deepest JSON nesting accepted (the formats need 4: instance -> requests -> request -> prompt).
 MAX_JSON_DEPTH = 64
@@ -194,6 +196,10 @@ def _parse_float(text: str) -> Any:
     return v if math.isfinite(v) else JSONNumber(text)
 
 
+#: The fast decoder parses integers in C (an int of up to 4,300 digits is an exact Python int, which
+#: every field reader compares without converting it); only a document with a longer integer
+#: literal, which int() refuses, is parsed again with the hook that makes it a JSONNumber.
+_FAST = json.JSONDecoder(parse_float=_parse_float, parse_constant=JSONNumber)
 _DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=JSONNumber)
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 
@@ -241,7 +247,12 @@ def parse_json(text: str, where: str | None = None, *, first_line: int = 1, fiel
         return f"{where}:{lineno + first_line - 1}" if first_line else where
 
     try:
-        value = _DECODER.decode(text)
+        try:
+            value = _FAST.decode(text)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+            value = _DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise InputError(field, f"not valid JSON: {e.msg} (column {e.colno})", loc(e.lineno)) from None
     except RecursionError:
@@ -294,6 +305,10 @@ def number(
     :class:`JSONNumber`, ``nan``/``inf`` or a value outside the range (an int of any size is
     compared exactly, never converted to an overflowing float).
     """
+    t = type(v)
+    if (t is float and math.isfinite(v)) or t is int:  # the fast path: a plain finite number
+        if (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi):
+            return float(v)
     u = f" ({unit})" if unit else ""
     rng = f" {_range_text(lo, hi, lo_open)}" if (lo is not None or hi is not None) else ""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -319,6 +334,8 @@ def integer(
 
     Raises :class:`InputError` naming ``field`` (and ``where``) otherwise.
     """
+    if type(v) is int and (lo is None or v >= lo) and (hi is None or v <= hi):  # the fast path
+        return v
     u = f" ({unit})" if unit else ""
     if isinstance(v, float) and math.isfinite(v) and v.is_integer():
         v = int(v)

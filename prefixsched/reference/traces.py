@@ -185,11 +185,11 @@ def load_mooncake(
             hashes = d["hash_ids"]
             if not isinstance(hashes, list):
                 raise InputError("hash_ids", f"must be a list of integers, got {type(hashes).__name__}", where)
-            for k, h in enumerate(hashes):
-                if type(h) is not int or not 0 <= h <= max_id:
-                    raise InputError(
-                        "hash_ids", f"block id hash_ids[{k}] must be an integer in [0, 2**63 - 1], got {_v.show(h)}", where
-                    )
+            if not all(type(h) is int for h in hashes) or (hashes and not 0 <= min(hashes) <= max(hashes) <= max_id):
+                k, h = next((k, h) for k, h in enumerate(hashes) if type(h) is not int or not 0 <= h <= max_id)
+                raise InputError(
+                    "hash_ids", f"block id hash_ids[{k}] must be an integer in [0, 2**63 - 1], got {_v.show(h)}", where
+                )
             need = -(-n_in // block_size)
             if len(hashes) != need:
                 raise InputError(
