@@ -61,6 +61,7 @@ import math
 import os
 import re
 import reprlib
+import sys
 from typing import Any
 
 from prefixsched.errors import InputError
@@ -267,6 +268,9 @@ def parse_json(text: str, where: str | None = None, *, first_line: int = 1, fiel
 # field readers
 
 
+_FLOAT_MAX = sys.float_info.max
+
+
 def _fmt_bound(x: float | int) -> str:
     if isinstance(x, int) and abs(x) >= 10**6:
         e = len(str(abs(x))) - 1
@@ -306,7 +310,7 @@ def number(
     compared exactly, never converted to an overflowing float).
     """
     t = type(v)
-    if (t is float and math.isfinite(v)) or t is int:  # the fast path: a plain finite number
+    if (t is float and math.isfinite(v)) or (t is int and -_FLOAT_MAX <= v <= _FLOAT_MAX):  # the fast path
         if (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi):
             return float(v)
     u = f" ({unit})" if unit else ""
@@ -318,6 +322,8 @@ def number(
         raise InputError(field, f"must be a finite number{rng}{u}, got {v!r}", where)
     if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
         raise InputError(field, f"must be {_range_text(lo, hi, lo_open)}{u}, got {show(v)}", where)
+    if not -_FLOAT_MAX <= v <= _FLOAT_MAX:  # an exact int beyond any float: it would overflow
+        raise InputError(field, f"must be a finite number{rng}{u} (a float64), got {show(v)}", where)
     return float(v)
 
 
