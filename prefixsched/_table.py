@@ -15,6 +15,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         if math.isinf(v):
             return "inf"
+        if math.isnan(v):
+            return "nan"
         if abs(v) >= 1000:
             return f"{v:,.0f}"
         return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".")

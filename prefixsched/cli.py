@@ -10,78 +10,166 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
 - ``reduce``: build the 3-PARTITION -> TTFT-feasibility reduction with its certificate.
 - ``family``: write a member of an adversarial instance family.
 
-Errors in the input (a malformed trace line, an unknown policy, a bad value) print one line
-``prefixsched: error: WHERE: FIELD: PROBLEM`` on stderr and exit with status 2, no traceback.
-Every output file is written atomically. Progress bars go to stderr; stdout and JSON outputs are
-deterministic: the same arguments and seed give the same bytes.
+Conventions (every subcommand)
+------------------------------
+Errors. Bad input (a malformed trace line, an unknown policy, a value out of range, an output
+path that cannot be written) prints one line ``prefixsched: error: WHERE: FIELD: PROBLEM`` on
+stderr and exits with status 2, no traceback; a usage error argparse finds prints its usage and
+``prefixsched CMD: error: ...`` and exits 2 too. An environment error while writing (a full disk)
+exits 1. Inputs are read through :mod:`prefixsched.validation` (bytes, JSON, documented ranges).
+
+Options that do not apply are never silently ignored: they are an error, or a
+``prefixsched: warning: ...`` line on stderr (e.g. ``--dispatch`` with one worker, ``--clients``
+on a ``.json`` instance, ``--quantum`` when no selected policy takes a quantum).
+
+Outputs. Every output option (``--json``, ``--plot``, ``--gantt``, ``--out``,
+``--certificate-json``; a new one is declared with :func:`_output`) is checked when the
+arguments are parsed, before any work
+(:func:`prefixsched._io.check_output_path`: no directory, device, FIFO, path under a file,
+read-only file or unwritable directory; a symlink to a regular file is followed), and every file
+is written atomically. JSON: ``--json FILE`` writes JSON to FILE, ``--json -`` writes it alone on
+stdout (the human-readable report then goes to stderr). The bare ``solve --json`` and
+``policies --json`` of earlier versions still print to stdout, with a deprecation warning.
+
+Interrupts. Ctrl-C (SIGINT) exits 130, SIGTERM 143 and SIGHUP 129 (the command turns them into
+the same exception path): temporary files are removed, an output is either complete or absent,
+and no output file is written after the interrupt. An interrupted ``solve`` still prints the best
+result its search had, marked ``interrupted`` (never a claimed optimum it had not proven).
+
+Size limits, checked before any work (each error names the option):
+
+=========================  =====================================================================
+option                     limit
+=========================  =====================================================================
+``--clients``              1 .. 10,000 (:data:`MAX_CLIENTS`; a workload builds one stream each)
+``--workers``              1 .. 1,024 (:data:`MAX_WORKERS`; each worker is a full engine)
+``--requests``             1 .. 200,000 generated requests (:data:`MAX_REQUESTS`, ~6 KB each)
+``--max-requests``         >= 1 (keeps the first M of what exists, so any size is safe)
+``gap --n``                the exact backend's size limit (:func:`prefixsched.theory.exact.size_limit`)
+``gap --instances``        1 .. 100,000 (:data:`prefixsched.gap.MAX_INSTANCES`)
+``family --n``             a member of at most 2 million prompt tokens
+                           (:func:`prefixsched.reductions.families.family_tokens`)
+``reduce``                 at most 100 triples (300 values) and a reduced instance of at most
+                           2 million tokens: the reduction is pseudo-polynomial in ``--bound``
+``--time-limit``           (0, 1e6] s
+``--quantum``, ``--q-w``   (0, 1e15] cost units (``--q-w`` also ``inf``)
+``--bound``, ``--delta``   [0, 1e15] time / cost units
+``--seed``                 0 .. 2**63 - 1
+``--k``                    1 .. 10**9, or ``inf``
+``simulate`` input         at most 10 million cache pages (sum of (prompt + output tokens) /
+                           ``limits.page_size``; :data:`MAX_SIM_PAGES`, a memory estimate)
+=========================  =====================================================================
+
+Progress bars go to stderr; stdout and JSON outputs are deterministic: the same arguments and
+seed give the same bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import math
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from prefixsched._table import _fmt, _table
-from prefixsched.errors import InputError, PrefixschedError, SolverLimitError
+from prefixsched.errors import Interrupted, InputError, PrefixschedError, SolveInterrupted, SolverLimitError
 
 DEFAULT_POLICIES = ("fcfs", "lpm", "k-lpm", "vtc", "dlpm")
+
+MAX_CLIENTS = 10_000
+MAX_WORKERS = 1024
+MAX_REQUESTS = 200_000
+MAX_TIME_LIMIT_S = 1e6
+MAX_COST = 1e15
+MAX_SEED = 2**63 - 1
+MAX_K = 10**9
+MAX_TRIPLES = 100
+#: Most radix-cache pages one simulation may create (prompt + output tokens / page_size, summed
+#: over the requests): ~100-200 bytes each, so 10 million is 1-2 GB. The Mooncake trace needs
+#: ~0.3 million at its 512-token pages; a 10M-token prompt at page_size 1 alone needs 10 million.
+MAX_SIM_PAGES = 10_000_000
+
+#: const of a bare ``--json`` where that spelling is deprecated (``solve``, ``policies``)
+_BARE = "\0bare"
+_SIGNAMES = {int(signal.SIGINT): "SIGINT", int(signal.SIGTERM): "SIGTERM", 1: "SIGHUP"}
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 
 
-def _int_at_least(name: str, minimum: int):
-    """argparse type: an integer >= ``minimum``; the error names the option and the value."""
+def _warn(message: str) -> None:
+    print(f"prefixsched: warning: {message}", file=sys.stderr)
+
+
+_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def _int_in(name: str, lo: int, hi: int | None = None):
+    """argparse type: an integer in ``[lo, hi]``; the error names the option and the value."""
+
+    rng = f"in [{lo}, {hi:,}]" if hi is not None else f">= {lo}"
 
     def parse(text: str) -> int:
+        digits = len(text.strip().lstrip("+-"))
+        if _INT_TEXT.fullmatch(text) and digits > (30 if hi is not None else 4000):
+            raise argparse.ArgumentTypeError(f"must be an integer {rng}, got one of {digits} digits")
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: must be an integer, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"{name}: must be >= {minimum}, got {v}")
+            raise argparse.ArgumentTypeError(f"must be an integer, got {_short(text)}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {v}")
         return v
 
     return parse
 
 
-def _positive_int(name: str):
-    return _int_at_least(name, 1)
+def _positive_int(name: str, hi: int | None = None):
+    return _int_in(name, 1, hi)
 
 
-def _nonneg_int(name: str):
-    return _int_at_least(name, 0)
+def _nonneg_int(name: str, hi: int | None = None):
+    return _int_in(name, 0, hi)
 
 
-def _positive_float(name: str, allow_inf: bool = False):
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _float_in(name: str, lo: float, hi: float, *, lo_open: bool = False, allow_inf: bool = False):
+    """argparse type: a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``), or ``inf``
+    when ``allow_inf``."""
+
     def parse(text: str) -> float:
         if allow_inf and text.strip().lower() in ("inf", "infinity"):
             return math.inf
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: must be a number, got {text!r}") from None
-        if not (v > 0) or (math.isinf(v) and not allow_inf) or math.isnan(v):
-            raise argparse.ArgumentTypeError(f"{name}: must be a positive number, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be a number, got {_short(text)}") from None
+        rng = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]" + (" or 'inf'" if allow_inf else "")
+        if not math.isfinite(v) or (v <= lo if lo_open else v < lo) or v > hi:
+            raise argparse.ArgumentTypeError(f"must be a finite number {rng}, got {_short(text)}")
         return v
 
     return parse
 
 
+def _positive_float(name: str, allow_inf: bool = False, hi: float = MAX_COST):
+    return _float_in(name, 0.0, hi, lo_open=True, allow_inf=allow_inf)
+
+
 def _k_value(text: str) -> float:
     if text.strip().lower() in ("inf", "infinity"):
         return math.inf
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--k: must be an integer >= 1 or 'inf', got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"--k: must be >= 1 or 'inf', got {v}")
-    return v
+    return _int_in("--k", 1, MAX_K)(text)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -98,6 +186,72 @@ def _progress(total: int, desc: str, enabled: bool):
     return bar, update
 
 
+def _emit_json(dest: str, obj: Any, field: str = "--json") -> None:
+    """Write ``obj`` as canonical JSON to ``dest`` (a path, or ``-`` for stdout alone)."""
+    from prefixsched._io import dumps_json, write_json
+
+    if dest == "-":
+        sys.stdout.write(dumps_json(obj))
+    else:
+        write_json(dest, obj, field=field)
+
+
+def _save_png(fig: Any, dest: str, field: str) -> None:
+    from prefixsched._io import atomic_write
+
+    with atomic_write(dest, "wb", field=field) as fh:
+        fig.savefig(fh, format="png", dpi=110)
+
+
+# ---------------------------------------------------------------------------------------------
+# output options: declared once, checked before any work
+
+
+def _output(p: argparse.ArgumentParser, *flags: str, help: str, stdout: bool, bare: str | None = None,
+            metavar: str = "FILE", dest: str | None = None) -> None:
+    """Add an output option to ``p`` and register it for :func:`_check_outputs`.
+
+    ``stdout``: ``-`` means stdout. ``bare``: ``"deprecated"`` (a bare flag prints to stdout with a
+    deprecation warning) or ``"stdout"`` (a bare flag means ``-``).
+    """
+    kw: dict[str, Any] = {"metavar": metavar, "default": None, "help": help}
+    if dest is not None:
+        kw["dest"] = dest
+    if bare is not None:
+        kw.update(nargs="?", const=_BARE if bare == "deprecated" else "-")
+    action = p.add_argument(*flags, **kw)
+    outs = p.get_default("_outputs")
+    if outs is None:
+        outs = []
+        p.set_defaults(_outputs=outs)
+    outs.append((action.dest, flags[0], stdout))
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Check every output option of the command (module docstring, "Outputs") before any work."""
+    from prefixsched._io import check_output_path
+
+    seen: dict[Any, str] = {}
+    for dest, flag, stdout_ok in getattr(args, "_outputs", None) or ():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if value == _BARE:
+            _warn(f"a bare {flag} is deprecated; write '{flag} -' for stdout or '{flag} FILE'")
+            value = "-"
+            setattr(args, dest, value)
+        if value == "-":
+            if not stdout_ok:
+                raise InputError(flag, "'-' (stdout) is only for JSON outputs; give a file path")
+            key: Any = "-"
+        else:
+            key = check_output_path(value, flag).resolve()
+        if key in seen:
+            what = "stdout" if key == "-" else repr(value)
+            raise InputError(flag, f"writes to {what} like {seen[key]}; give each output its own file")
+        seen[key] = flag
+
+
 # ---------------------------------------------------------------------------------------------
 # simulate
 
@@ -105,47 +259,99 @@ def _progress(total: int, desc: str, enabled: bool):
 def _load_input(args: argparse.Namespace):
     from prefixsched.reference import workloads
 
+    clients = 8 if args.clients is None else args.clients
     if args.trace is not None:
         from prefixsched.instance_io import load_any
 
         path = Path(args.trace)
         if not path.exists():
             raise InputError("--trace", f"no such file: {args.trace}")
-        inst = load_any(path, clients=args.clients, strategy=args.client_strategy, max_requests=args.max_requests)
-        source = {"trace": str(args.trace), "client_strategy": args.client_strategy}
+        if args.requests is not None:
+            raise InputError("--requests", "generates a synthetic workload; for a trace use --max-requests M")
+        if path.suffix.lower() == ".json":
+            for opt, v in (("--clients", args.clients), ("--client-strategy", args.client_strategy)):
+                if v is not None:
+                    _warn(f"{opt} does not apply to a .json instance (it names its own clients); ignored")
+            inst = load_any(path, max_requests=args.max_requests)
+            source = {"trace": str(args.trace)}
+        else:
+            strategy = args.client_strategy or "family"
+            inst = load_any(path, clients=clients, strategy=strategy, max_requests=args.max_requests)
+            source = {"trace": str(args.trace), "client_strategy": strategy}
     else:
         if args.workload not in workloads.WORKLOADS:
             raise InputError(
                 "--workload", f"unknown workload {args.workload!r}; known: {', '.join(sorted(workloads.WORKLOADS))}"
             )
-        inst = workloads.make_workload(
-            args.workload, clients=args.clients, seed=args.seed, n_requests=args.max_requests
-        )
+        if args.client_strategy is not None:
+            _warn("--client-strategy applies to traces only; ignored for a workload")
+        inst = workloads.make_workload(args.workload, clients=clients, seed=args.seed, n_requests=args.requests)
+        if args.max_requests is not None and args.max_requests < len(inst.requests):
+            # the first M requests of the workload (default size, or --requests): a prefix by arrival
+            inst = dataclasses.replace(inst, requests=inst.requests[: args.max_requests])
         source = {"workload": args.workload}
     return inst, source
 
 
+def _accepts(spec: str, param: str) -> bool:
+    """Whether the policy of ``spec`` takes keyword ``param`` (so ``--quantum``/``--k`` reach it)."""
+    import inspect
+
+    from prefixsched.reference.policies import get, parse_spec
+
+    name, primary = parse_spec(spec)
+    if param in primary:
+        return False  # the spec's own :VALUE wins over the option
+    cls = get(name)
+    if cls.__init__ is object.__init__:
+        return False
+    sig = inspect.signature(cls.__init__)
+    return param in sig.parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _dispatcher_label(d: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in d.items() if k != "name")
+    return f"{d.get('name')}({params})" if params else str(d.get("name"))
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from prefixsched._io import atomic_write, write_json
+    from prefixsched.reference.cluster import create_dispatcher
     from prefixsched.reference.policies import create
     from prefixsched.reference.simulator import simulate
     from prefixsched.theory.metrics import summarize
     from prefixsched.theory.schedule import check_trace
 
-    inst, source = _load_input(args)
     specs = args.policy or list(DEFAULT_POLICIES)
+    for spec in specs:
+        create(spec)  # unknown names and bad :VALUEs before any loading
+    for opt, param, value in (("--quantum", "quantum", args.quantum), ("--k", "k", args.k)):
+        if value is not None and not any(_accepts(s, param) for s in specs):
+            _warn(f"{opt}: no selected policy takes {param!r} (or each sets it in its spec); ignored")
+    D = args.workers
+    dispatch_spec = args.dispatch or "d2lpm"
+    create_dispatcher(dispatch_spec, q_w=args.q_w)  # a bad spec is an error even with one worker
+    if D == 1:
+        for opt, value in (("--dispatch", args.dispatch), ("--q-w", args.q_w)):
+            if value is not None:
+                _warn(f"{opt} has no effect with one worker (--workers 1); ignored")
+    elif args.plot is not None:
+        raise InputError("--plot", "per-policy plots are single-worker only; drop --plot or use --workers 1")
+    inst, source = _load_input(args)
+    ps = inst.limits.page_size
+    pages = sum((r.prompt_len + r.output_len) // ps for r in inst.requests)
+    if pages > MAX_SIM_PAGES:  # a memory estimate, checked before the first step
+        raise InputError(
+            "--trace", f"the simulation would hold up to {pages:,} cache pages ((prompt + output tokens) / page_size "
+            f"{ps}), more than {MAX_SIM_PAGES:,} (~2 GB); use a larger limits.page_size or fewer requests",
+        )
     policies = [create(s, quantum=args.quantum, k=args.k, seed=args.seed) for s in specs]
     show = not args.no_progress and sys.stderr.isatty()
     results = []
     traces = []
-    D = args.workers
-    if D > 1 and args.plot is not None:
-        raise InputError("--plot", "per-policy plots are single-worker only; drop --plot or use --workers 1")
-    dispatch_spec = args.dispatch or "d2lpm"
     for spec, pol in zip(specs, policies):
         bar, update = _progress(len(inst.requests), spec, show)
         if D > 1:
-            from prefixsched.reference.cluster import create_dispatcher, simulate_cluster, summarize_cluster
+            from prefixsched.reference.cluster import simulate_cluster, summarize_cluster
 
             try:
                 ct = simulate_cluster(
@@ -195,11 +401,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     n_clients = len(inst.clients)
     # with --json - stdout carries the JSON alone (for scripts); the table goes to stderr
     report = sys.stderr if args.json == "-" else sys.stdout
+    dispatcher = results[0]["dispatcher"] if results and D > 1 else {"name": dispatch_spec}
     print(
         f"{len(inst.requests)} requests, {n_clients} clients, "
         + ", ".join(f"{k}={v}" for k, v in source.items())
         + f", engine={args.engine}, seed={args.seed}"
-        + (f", workers={D}, dispatch={results[0]['dispatcher']['name'] if results else dispatch_spec}" if D > 1 else ""),
+        + (f", workers={D}, dispatch={_dispatcher_label(dispatcher)}" if D > 1 else ""),
         file=report,
     )
     print(_table(headers, rows), file=report)
@@ -216,18 +423,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         "results": results,
     }
     if args.json is not None:
-        if args.json == "-":
-            from prefixsched._io import dumps_json
-
-            sys.stdout.write(dumps_json(out))
-        else:
-            write_json(args.json, out)
+        _emit_json(args.json, out)
     if args.plot is not None:
         from prefixsched.plots import plot_simulation
 
-        fig = plot_simulation(inst, specs, traces)
-        with atomic_write(args.plot, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
+        _save_png(plot_simulation(inst, specs, traces), args.plot, "--plot")
     return 0
 
 
@@ -239,22 +439,31 @@ def cmd_policies(args: argparse.Namespace) -> int:
     from prefixsched.reference.policies import available, get
 
     rows = []
+    payload = []
     for name, desc in available().items():
         cls = get(name)
-        rows.append([name, cls.primary_param or "-", desc])
-    if args.json:
-        from prefixsched._io import dumps_json
-
-        sys.stdout.write(dumps_json([{"name": r[0], "primary_param": r[1], "description": r[2]} for r in rows]))
-    else:
-        print(_table(["policy", "NAME:VALUE sets", "description"], rows))
+        try:
+            defaults: dict[str, Any] | None = dict(cls().params())
+        except Exception:  # a plugin that needs arguments: no defaults to show
+            defaults = None
+        shown = "-" if not defaults else " ".join(f"{k}={_fmt(v) if v is not None else 'none'}" for k, v in defaults.items())
+        rows.append([name, cls.primary_param or "-", shown, desc])
+        payload.append({"name": name, "primary_param": cls.primary_param or "-", "defaults": defaults, "description": desc})
+    if args.json is not None:
+        _emit_json(args.json, payload)
+    if args.json != "-":
+        print(_table(["policy", "NAME:VALUE sets", "default parameters", "description"], rows))
     return 0
 
 
 def cmd_workloads(args: argparse.Namespace) -> int:
-    from prefixsched.reference.workloads import WORKLOADS
+    from prefixsched.reference.workloads import WORKLOADS, workload_params
 
-    print(_table(["workload", "description"], [[n, WORKLOADS[n][1]] for n in sorted(WORKLOADS)]))
+    if args.json is not None:
+        _emit_json(args.json, [{"name": n, "description": WORKLOADS[n][1], "parameters": workload_params(n)}
+                               for n in sorted(WORKLOADS)])
+    if args.json != "-":
+        print(_table(["workload", "description"], [[n, WORKLOADS[n][1]] for n in sorted(WORKLOADS)]))
     return 0
 
 
@@ -262,51 +471,79 @@ def cmd_workloads(args: argparse.Namespace) -> int:
 # exact solvers
 
 
+def _signame(signum: int) -> str:
+    return _SIGNAMES.get(int(signum), f"signal {signum}")
+
+
 def cmd_solve(args: argparse.Namespace) -> int:
-    from prefixsched._io import dumps_json
     from prefixsched.instance_io import load_instance
     from prefixsched.theory.exact import solve
 
     inst = load_instance(args.instance)
     if args.objective == "ttft-feasible" and args.bound is None:
         raise InputError("--bound", "the ttft-feasible objective needs a bound T (--bound)")
-    res = solve(
-        inst,
-        model=args.model,
-        objective=args.objective,
-        solver=args.solver,
-        bound=args.bound,
-        delta=args.delta,
-        time_limit=args.time_limit,
-    )
-    if args.json:
-        sys.stdout.write(dumps_json(res.to_dict()))
+    if args.solver == "brute" and args.time_limit is not None:
+        _warn("--time-limit: the brute backend enumerates every order and takes no time limit; ignored")
+    interrupt: KeyboardInterrupt | None = None
+    try:
+        res = solve(
+            inst,
+            model=args.model,
+            objective=args.objective,
+            solver=args.solver,
+            bound=args.bound,
+            delta=args.delta,
+            time_limit=60.0 if args.time_limit is None else args.time_limit,
+        )
+    except SolveInterrupted as e:
+        res, interrupt = e.result, e
+    except KeyboardInterrupt as e:  # stopped before the backend had any result
+        res, interrupt = None, e
+    report = sys.stderr if args.json == "-" else sys.stdout
+    if args.json == "-":
+        _emit_json("-", res.to_dict() if res is not None else {"status": "UNKNOWN", "interrupted": True})
+    if res is None:
+        print("status     UNKNOWN (interrupted before any schedule was found)", file=report)
     else:
-        print(f"status     {res.status.value}" + (f" (proof: {res.proof})" if res.proof else ""))
-        print(f"objective  {_fmt(res.objective)}   bound {_fmt(res.bound)}   gap {_fmt(res.gap)}")
-        print(f"wall       {res.wall_s:.2f} s   solver {res.solver}   model {res.model}")
+        note = ""
+        if res.interrupted:
+            note = " (interrupted: the best schedule found so far" + ("" if res.optimal else ", not proven optimal") + ")"
+        elif res.proof:
+            note = f" (proof: {res.proof})"
+        print(f"status     {res.status.value}{note}", file=report)
+        print(f"objective  {_fmt(res.objective)}   bound {_fmt(res.bound)}   gap {_fmt(res.gap)}", file=report)
+        print(f"wall       {res.wall_s:.2f} s   solver {res.solver}   model {res.model}", file=report)
         if res.order:
-            print("order      " + " ".join(res.order))
-            print(_table(["request", "start", "TTFT"], [[i, res.start.get(i), res.ttft.get(i)] for i in res.order]))
-    if args.gantt is not None and res.order:
-        from prefixsched._io import atomic_write
-        from prefixsched.plots import plot_gantt
+            print("order      " + " ".join(res.order), file=report)
+            print(_table(["request", "start", "TTFT"], [[i, res.start.get(i), res.ttft.get(i)] for i in res.order]),
+                  file=report)
+    if interrupt is not None:
+        signum = getattr(interrupt, "signum", int(signal.SIGINT))
+        print(f"prefixsched: interrupted ({_signame(signum)}); no output file written", file=sys.stderr)
+        return 128 + signum
+    assert res is not None
+    if args.json not in (None, "-"):
+        _emit_json(args.json, res.to_dict())
+    if args.gantt is not None:
+        if res.order:
+            from prefixsched.plots import plot_gantt
 
-        fig = plot_gantt(inst, res, model=args.model)
-        with atomic_write(args.gantt, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
+            _save_png(plot_gantt(inst, res, model=args.model), args.gantt, "--gantt")
+        else:
+            _warn(f"--gantt: no schedule to draw (status {res.status.value}); {args.gantt} not written")
     return 0
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
     from prefixsched.gap import run_gap
 
+    source = args.source or ("trace" if args.trace is not None else "random")
     report = run_gap(
         model=args.model,
         n=args.n,
         instances=args.instances,
         policies=args.policies,
-        source=args.source,
+        source=source,
         trace=args.trace,
         seed=args.seed,
         solver=args.solver,
@@ -315,17 +552,11 @@ def cmd_gap(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         delta=args.delta,
     )
-    print(report.table())
+    print(report.table(), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json is not None:
-        from prefixsched._io import write_json
-
-        write_json(args.json, report.to_dict())
+        _emit_json(args.json, report.to_dict())
     if args.plot is not None:
-        from prefixsched._io import atomic_write
-
-        fig = report.plot()
-        with atomic_write(args.plot, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
+        _save_png(report.plot(), args.plot, "--plot")
     return 0
 
 
@@ -334,11 +565,12 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
 
 def cmd_reduce(args: argparse.Namespace) -> int:
-    from prefixsched._io import dumps_json, write_json
     from prefixsched.reductions.three_partition import ThreePartition, reduce_to_ttft_feasibility, solve_exact
 
+    if len(args.values) > 3 * MAX_TRIPLES:
+        raise InputError("--values", f"at most {3 * MAX_TRIPLES} values ({MAX_TRIPLES} triples), got {len(args.values)}")
     tp = ThreePartition(tuple(args.values), args.bound)
-    red = reduce_to_ttft_feasibility(tp)
+    red = reduce_to_ttft_feasibility(tp)  # refuses a B too large for the pseudo-polynomial construction
     triples = solve_exact(tp)
     cert: dict[str, Any] = {"T": red.T, "queries": len(red.instance.requests), "three_partition": None}
     if triples is not None:
@@ -350,35 +582,36 @@ def cmd_reduce(args: argparse.Namespace) -> int:
         if not red.meets_bound(order):
             raise AssertionError("certificate schedule misses T: reduction or checker bug")
     if args.json is not None:
-        write_json(args.json, red.instance.to_dict())
-    if args.certificate_json:
-        sys.stdout.write(dumps_json(cert))
+        _emit_json(args.json, red.instance.to_dict())
+    if args.certificate_json is not None:
+        _emit_json(args.certificate_json, cert, "--certificate-json")
+    if args.certificate_json == "-":
+        return 0  # stdout holds the certificate alone (the historical bare --certificate-json)
+    text = sys.stderr if args.json == "-" else sys.stdout
+    print(f"reduced instance: {cert['queries']} queries (prev model, token units), TTFT bound T = {red.T}", file=text)
+    if triples is None:
+        print("3-PARTITION: no solution (proven), so no schedule meets T", file=text)
     else:
-        print(f"reduced instance: {cert['queries']} queries (prev model, token units), TTFT bound T = {red.T}")
-        if triples is None:
-            print("3-PARTITION: no solution (proven), so no schedule meets T")
-        else:
-            print("3-PARTITION: " + " | ".join(" ".join(str(v) for v in t) for t in tp.values_of(triples)))
-            print("certificate schedule meeting T: " + " ".join(cert["schedule"]))
-        if args.json is not None:
-            print(f"instance written to {args.json}")
+        print("3-PARTITION: " + " | ".join(" ".join(str(v) for v in t) for t in tp.values_of(triples)), file=text)
+        print("certificate schedule meeting T: " + " ".join(cert["schedule"]), file=text)
+    if args.json not in (None, "-"):
+        print(f"instance written to {args.json}", file=text)
     return 0
 
 
 def cmd_family(args: argparse.Namespace) -> int:
-    from prefixsched.instance_io import save_instance
-    from prefixsched.reductions.families import FAMILIES
+    from prefixsched.reductions.families import FAMILIES, MAX_FAMILY_TOKENS, family_tokens
 
     if args.name not in FAMILIES:
         raise InputError("NAME", f"unknown family {args.name!r}; known: {', '.join(sorted(FAMILIES))}")
-    builder = FAMILIES[args.name][0]
-    inst = builder(args.n)
-    if args.out is None:
-        from prefixsched._io import dumps_json
-
-        sys.stdout.write(dumps_json(inst.to_dict()))
-    else:
-        save_instance(args.out, inst)
+    tokens = family_tokens(args.name, args.n)
+    if tokens > MAX_FAMILY_TOKENS:
+        raise InputError(
+            "--n", f"{args.name} with n={args.n} has {tokens:,} prompt tokens, more than the limit {MAX_FAMILY_TOKENS:,}"
+        )
+    inst = FAMILIES[args.name][0](args.n)
+    _emit_json(args.out or "-", inst.to_dict())
+    if args.out not in (None, "-"):
         print(f"{args.name} n={args.n}: {len(inst.requests)} requests written to {args.out}")
     return 0
 
@@ -387,19 +620,49 @@ def cmd_family(args: argparse.Namespace) -> int:
 # parser
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Every option's help ends with its default: appended as ``(default: X)`` unless the text
+    already says it (flags: ``off``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        d = action.default
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            shown = "off" if d is False else "on"
+        elif d is None:
+            return text
+        elif isinstance(d, (list, tuple)):
+            shown = " ".join(str(x) for x in d)
+        else:
+            shown = str(d)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from prefixsched import __version__
+
     p = argparse.ArgumentParser(
         prog="prefixsched",
+        formatter_class=_Formatter,
         description=(
             "Know, not guess, how an LLM-serving request scheduler behaves: replay traces under FCFS, LPM, "
             "k-LPM, VTC and DLPM over a radix prefix cache, find provably optimal schedules of small "
             "instances, and build NP-hardness reductions."
         ),
+        epilog="Exit status: 0 success, 1 environment error (e.g. disk full), 2 bad input, 130/143 interrupted "
+        "by SIGINT/SIGTERM. --json FILE writes JSON, --json - prints it alone on stdout.",
     )
+    p.add_argument("--version", action="version", version=f"prefixsched {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser(
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_Formatter, **kw)
+
+    s = command(
         "simulate",
         help="replay a trace or workload under several policies and compare them (the main job)",
         description=(
@@ -409,107 +672,139 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     src = s.add_mutually_exclusive_group()
-    src.add_argument("--trace", metavar="FILE", help="Mooncake-format JSONL trace, or an instance .json")
-    src.add_argument("--workload", default="default", metavar="NAME", help="synthetic workload (see `prefixsched workloads`; default: %(default)s)")
+    src.add_argument("--trace", metavar="FILE", help="Mooncake-format JSONL trace, or an instance .json (default: none, use --workload)")
+    src.add_argument("--workload", default="default", metavar="NAME", help="synthetic workload (see `prefixsched workloads`)")
     s.add_argument(
         "--policy", nargs="+", metavar="P",
         help=f"policy specs NAME or NAME:VALUE, e.g. k-lpm:4 dlpm:8000 (default: {' '.join(DEFAULT_POLICIES)})",
     )
-    s.add_argument("--clients", type=_positive_int("--clients"), default=8, help="number of clients (default: %(default)s)")
+    s.add_argument("--clients", type=_positive_int("--clients", MAX_CLIENTS), default=None,
+                   help=f"number of clients, 1..{MAX_CLIENTS:,}; not for a .json instance, which names its own (default: 8)")
     s.add_argument(
-        "--client-strategy", default="family", choices=["family", "round-robin", "field"],
-        help="how trace requests map to clients (default: %(default)s: one client per conversation family, folded onto --clients by a stable hash)",
+        "--client-strategy", default=None, choices=["family", "round-robin", "field"],
+        help="how trace requests map to clients (traces only; default: family, one client per conversation "
+        "family, folded onto --clients by a stable hash)",
     )
-    s.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="seed of the workload and of randomised policies (default: %(default)s)")
+    s.add_argument("--seed", type=_nonneg_int("--seed", MAX_SEED), default=0, help="seed of the workload and of randomised policies")
     s.add_argument(
         "--engine", choices=["sglang", "ideal"], default="sglang",
         help="sglang: schedule as SGLang 0.5.23 does (prefill and decode steps, PrefillAdder with stop-at-first-misfit, "
         "chunked prefill, new_token_ratio reservation, retraction); ideal: the papers' model (mixed steps, whole-output "
         "reservation, skip-if-it-does-not-fit, no chunking, no retraction) (default: %(default)s)",
     )
-    s.add_argument("--quantum", type=_positive_float("--quantum"), default=None, help="DLPM quantum Q_u in cost units (policy default if omitted)")
-    s.add_argument("--k", type=_k_value, default=None, help="k of k-LPM (integer or 'inf'; policy default if omitted)")
-    s.add_argument("--max-requests", type=_positive_int("--max-requests"), default=None, metavar="M", help="use only the first M requests")
-    s.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT ('-': JSON alone on stdout, the table on stderr)")
-    s.add_argument("--plot", metavar="OUT.png", help="per-client cumulative service curves and TTFT CDFs, one row per policy")
+    s.add_argument("--quantum", type=_positive_float("--quantum"), default=None,
+                   help="DLPM quantum Q_u in cost units, (0, 1e15] (default: the policy's own)")
+    s.add_argument("--k", type=_k_value, default=None, help=f"k of k-LPM: 1..{MAX_K:,} or 'inf' (default: the policy's own)")
+    s.add_argument("--max-requests", type=_positive_int("--max-requests"), default=None, metavar="M",
+                   help="use only the first M requests: of the trace or instance, or of the workload at its "
+                   "default size (or at --requests) (default: all)")
+    s.add_argument("--requests", type=_positive_int("--requests", MAX_REQUESTS), default=None, metavar="N",
+                   help=f"generate the workload with N requests instead of its default window, 1..{MAX_REQUESTS:,} "
+                   "(workloads only; default: the workload's own duration)")
+    _output(s, "--json", stdout=True, metavar="OUT",
+            help="write the results as JSON to OUT ('-': JSON alone on stdout, the table on stderr) (default: none)")
+    _output(s, "--plot", stdout=False, metavar="OUT.png",
+            help="per-client cumulative service curves and TTFT CDFs, one row per policy (default: none)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument(
-        "--workers", type=_positive_int("--workers"), default=1, metavar="D",
-        help="data-parallel workers (default: %(default)s); each has its own cache and the instance's limits, "
+        "--workers", type=_positive_int("--workers", MAX_WORKERS), default=1, metavar="D",
+        help=f"data-parallel workers, 1..{MAX_WORKERS:,}; each has its own cache and the instance's limits, "
         "and every worker's trace is replayed by the checker; the row then holds cluster-wide metrics",
     )
     s.add_argument(
         "--dispatch", default=None, metavar="NAME",
-        help="global dispatcher when D > 1: d2lpm (default), d2lpm:Q_W, round-robin, client-round-robin, "
-        "least-load, preble (ignored with one worker)",
+        help="global dispatcher when D > 1: d2lpm, d2lpm:Q_W, round-robin, client-round-robin, "
+        "least-load, preble (a warning with one worker) (default: d2lpm)",
     )
     s.add_argument(
         "--q-w", type=_positive_float("--q-w", allow_inf=True), default=None,
-        help="D2LPM worker quantum Q_w in cost units, or 'inf' (dispatcher default if omitted)",
+        help="D2LPM worker quantum Q_w in cost units, or 'inf' (default: the dispatcher's own)",
     )
     s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("policies", help="list the policy registry", description="List every registered policy (built-in and entry-point plugins).")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    s = command("policies", help="list the policy registry, with default parameters",
+                description="List every registered policy (built-in and entry-point plugins) and its default parameters.")
+    _output(s, "--json", stdout=True, bare="deprecated",
+            help="write the listing as JSON to FILE ('-': stdout; a bare --json is a deprecated alias of '-') (default: none)")
     s.set_defaults(func=cmd_policies)
 
-    s = sub.add_parser("workloads", help="list the synthetic workloads")
+    s = command("workloads", help="list the synthetic workloads",
+                description="List the built-in synthetic workloads (the JSON form includes every parameter's default).")
+    _output(s, "--json", stdout=True, help="write the listing with each workload's parameters as JSON to FILE ('-': stdout) (default: none)")
     s.set_defaults(func=cmd_workloads)
 
-    s = sub.add_parser(
+    s = command(
         "solve",
         help="optimal schedule of a small instance",
         description=(
             "Solve a JSON instance exactly in a sequential theory model. prev: reuse = LCP with the previous "
             "query (k-LPM paper); radix: reuse = longest prefix of any earlier query; fair: radix plus a bound "
-            "--delta on the service gap of backlogged clients. Time unit: one uncached token (arrivals read in it)."
+            "--delta on the service gap of backlogged clients. Time unit: one uncached token (arrivals read in it). "
+            "Ctrl-C stops the search: the best result so far is printed, marked interrupted, exit 130."
         ),
     )
-    s.add_argument("instance", metavar="INSTANCE.json")
-    s.add_argument("--model", choices=["prev", "radix", "fair"], default="prev")
-    s.add_argument("--objective", choices=["max-ttft", "mean-ttft", "makespan", "ttft-feasible"], default="max-ttft")
-    s.add_argument("--bound", type=float, default=None, metavar="T", help="TTFT bound for --objective ttft-feasible")
-    s.add_argument("--delta", type=float, default=None, help="service-gap bound of the fair model (cost units)")
-    s.add_argument("--solver", choices=["cpsat", "z3", "dp", "brute"], default="cpsat")
-    s.add_argument("--time-limit", type=_positive_float("--time-limit"), default=60.0, metavar="S", help="seconds (default: %(default)s)")
-    s.add_argument("--json", action="store_true", help="print one JSON object (status, objective, bound, gap, wall_s, order, ttft, ...)")
-    s.add_argument("--gantt", metavar="OUT.png", help="draw the schedule")
+    s.add_argument("instance", metavar="INSTANCE.json", help="the instance (prefixsched JSON instance format)")
+    s.add_argument("--model", choices=["prev", "radix", "fair"], default="prev", help="sequential model")
+    s.add_argument("--objective", choices=["max-ttft", "mean-ttft", "makespan", "ttft-feasible"], default="max-ttft",
+                   help="what to minimise, or the decision 'every TTFT <= --bound'")
+    s.add_argument("--bound", type=_float_in("--bound", 0.0, MAX_COST), default=None, metavar="T",
+                   help="TTFT bound of --objective ttft-feasible, time units (default: none; required there)")
+    s.add_argument("--delta", type=_float_in("--delta", 0.0, MAX_COST), default=None,
+                   help="service-gap bound of the fair model, cost units (default: none; required there)")
+    s.add_argument("--solver", choices=["cpsat", "z3", "dp", "brute"], default="cpsat", help="exact backend")
+    s.add_argument("--time-limit", type=_positive_float("--time-limit", hi=MAX_TIME_LIMIT_S), default=None, metavar="S",
+                   help="seconds, (0, 1e6]; on expiry the best schedule with its proven bound (default: 60)")
+    _output(s, "--json", stdout=True, bare="deprecated",
+            help="write the result as JSON (status, objective, bound, gap, wall_s, order, ttft, interrupted, ...) to "
+            "FILE ('-': stdout; a bare --json is a deprecated alias of '-') (default: none)")
+    _output(s, "--gantt", stdout=False, metavar="OUT.png", help="draw the schedule (default: none)")
     s.set_defaults(func=cmd_solve)
 
-    s = sub.add_parser(
+    s = command(
         "gap",
         help="each policy's ratio to the proven optimum",
         description="Solve many small instances exactly and report each policy's ratio to the optimum (mean, P90, max) and how often it is optimal.",
     )
-    s.add_argument("--model", choices=["prev", "radix", "fair"], default="prev")
-    s.add_argument("--objective", choices=["max-ttft", "mean-ttft", "makespan"], default="max-ttft")
-    s.add_argument("--n", type=_positive_int("--n"), default=8, help="requests per instance (default: %(default)s)")
-    s.add_argument("--instances", type=_positive_int("--instances"), default=20, help="number of instances (default: %(default)s)")
-    s.add_argument("--policies", nargs="+", default=["fcfs", "lpm", "k-lpm:2", "k-lpm:4", "vtc", "dlpm"], metavar="P")
-    s.add_argument("--source", choices=["random", "trace"], default="random")
-    s.add_argument("--trace", metavar="FILE", help="trace for --source trace (windows of N consecutive requests)")
-    s.add_argument("--solver", choices=["cpsat", "dp", "z3", "brute"], default="dp", help="exact backend (default: %(default)s)")
-    s.add_argument("--delta", type=float, default=None, help="service-gap bound of the fair model (cost units)")
-    s.add_argument("--time-limit", type=_positive_float("--time-limit"), default=30.0, metavar="S")
-    s.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
-    s.add_argument("--json", metavar="OUT")
-    s.add_argument("--plot", metavar="OUT.png")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--model", choices=["prev", "radix", "fair"], default="prev", help="sequential model")
+    s.add_argument("--objective", choices=["max-ttft", "mean-ttft", "makespan"], default="max-ttft", help="what to minimise")
+    s.add_argument("--n", type=_positive_int("--n"), default=8,
+                   help="requests per instance, at most the backend's size limit (dp: 56 prev / 20 radix / 14 fair)")
+    s.add_argument("--instances", type=_positive_int("--instances", 100_000), default=20, help="number of instances, 1..100,000")
+    s.add_argument("--policies", nargs="+", default=["fcfs", "lpm", "k-lpm:2", "k-lpm:4", "vtc", "dlpm"], metavar="P",
+                   help="policy specs to compare")
+    s.add_argument("--source", choices=["random", "trace"], default=None,
+                   help="instance source (default: trace with --trace, else random)")
+    s.add_argument("--trace", metavar="FILE", help="trace for --source trace: windows of N consecutive requests (default: none)")
+    s.add_argument("--solver", choices=["cpsat", "dp", "z3", "brute"], default="dp", help="exact backend")
+    s.add_argument("--delta", type=_float_in("--delta", 0.0, MAX_COST), default=None,
+                   help="service-gap bound of the fair model, cost units (default: none; required there)")
+    s.add_argument("--time-limit", type=_positive_float("--time-limit", hi=MAX_TIME_LIMIT_S), default=30.0, metavar="S",
+                   help="seconds per instance, (0, 1e6]; an unproven instance is counted, not used")
+    s.add_argument("--seed", type=_nonneg_int("--seed", MAX_SEED), default=0, help="seed of the instances and of randomised policies")
+    _output(s, "--json", stdout=True, metavar="OUT",
+            help="write the report as JSON to OUT ('-': JSON alone on stdout, the table on stderr) (default: none)")
+    _output(s, "--plot", stdout=False, metavar="OUT.png", help="box plot of the ratios (default: none)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_gap)
 
-    s = sub.add_parser(
+    s = command(
         "reduce",
         help="NP-hardness reduction: 3-PARTITION -> TTFT feasibility",
-        description="Build the 3-PARTITION -> TTFT-feasibility reduction (prev model, 5m+2 queries), print the bound T and a certificate.",
+        description="Build the 3-PARTITION -> TTFT-feasibility reduction (prev model, 5m+2 queries), print the bound T "
+        "and a certificate. The reduced instance is pseudo-polynomial in --bound (about 3mB tokens): instances above "
+        "2 million tokens are refused.",
     )
-    s.add_argument("problem", choices=["3partition"])
-    s.add_argument("--values", type=int, nargs="+", required=True, help="the 3m values a_i")
-    s.add_argument("--bound", type=int, required=True, help="the bin size B (sum of values = m*B)")
-    s.add_argument("--json", metavar="OUT", help="write the reduced instance (JSON instance format)")
-    s.add_argument("--certificate-json", action="store_true", help="print T and the certificate as JSON")
+    s.add_argument("problem", choices=["3partition"], help="the source problem")
+    s.add_argument("--values", type=_positive_int("--values"), nargs="+", required=True,
+                   help=f"the 3m values a_i, B/4 < a_i < B/2, at most {3 * MAX_TRIPLES} (required)")
+    s.add_argument("--bound", type=_positive_int("--bound"), required=True, help="the bin size B, sum of values = m*B (required)")
+    _output(s, "--json", stdout=True, metavar="OUT",
+            help="write the reduced instance (JSON instance format) to OUT ('-': stdout) (default: none)")
+    _output(s, "--certificate-json", stdout=True, bare="stdout",
+            help="write T and the certificate as JSON to FILE ('-' or bare: stdout alone) (default: none)")
     s.set_defaults(func=cmd_reduce)
 
-    s = sub.add_parser(
+    s = command(
         "family",
         help="write a member of an adversarial instance family",
         description="Write one member of an adversarial instance family (token units, JSON instance format). "
@@ -519,28 +814,86 @@ def build_parser() -> argparse.ArgumentParser:
         "--n users). Growth formulas are in prefixsched/reductions/families.py.",
     )
     s.add_argument("name", metavar="NAME", help="family name (see above)")
-    s.add_argument("--n", type=_positive_int("--n"), default=8, help="size parameter of the family (default: %(default)s)")
-    s.add_argument("--out", metavar="FILE", help="instance JSON (stdout if omitted)")
+    s.add_argument("--n", type=_positive_int("--n"), default=8,
+                   help="size parameter of the family; members above 2 million prompt tokens are refused")
+    _output(s, "--json", "--out", dest="out", stdout=True,
+            help="instance JSON to FILE ('-': stdout; --out is the same option) (default: stdout)")
     s.set_defaults(func=cmd_family)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM and SIGHUP raise :class:`~prefixsched.errors.Interrupted`
+    (a ``KeyboardInterrupt``), so they unwind like Ctrl-C: temporary files removed, exit 128+signum.
+    Only in the main thread (where Python runs signal handlers); the old handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    old: dict[int, Any] = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is None:
+            continue
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except (OSError, ValueError):  # pragma: no cover - not settable here
+            pass
     try:
-        return int(args.func(args) or 0)
-    except (InputError, SolverLimitError) as e:
-        print(f"prefixsched: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("prefixsched: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    except PrefixschedError as e:
-        print(f"prefixsched: error: {e}", file=sys.stderr)
-        return 1
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    with _termination_as_interrupt():
+        try:
+            args = build_parser().parse_args(argv)
+        except KeyboardInterrupt as e:
+            return _interrupted(e)
+        try:
+            _check_outputs(args)
+            return int(args.func(args) or 0)
+        except (InputError, SolverLimitError) as e:
+            print(f"prefixsched: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:
+            return _interrupted(e)
+        except BrokenPipeError:
+            _quiet_stdout()
+            return 0
+        except PrefixschedError as e:
+            print(f"prefixsched: error: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:  # the environment, not the input: a full disk, a vanished directory
+            print(f"prefixsched: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+            return 1
+
+
+def _interrupted(e: BaseException) -> int:
+    signum = int(getattr(e, "signum", signal.SIGINT))
+    print(f"prefixsched: interrupted ({_signame(signum)})", file=sys.stderr)
+    return 128 + signum
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (``prefixsched ... | head``): point stdout at /dev/null so the final
+    flush at exit does not print another BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - stdout without a descriptor
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

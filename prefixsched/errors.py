@@ -46,3 +46,32 @@ class CheckerError(PrefixschedError, AssertionError):
 class SolverLimitError(PrefixschedError, ValueError):
     """An instance is too large for the requested exact backend (the message names the limit
     and the alternative)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal (SIGTERM, SIGHUP) turned into the ``KeyboardInterrupt`` path.
+
+    The CLI installs a handler that raises it, so a terminated run unwinds exactly like a Ctrl-C:
+    temporary files are removed, no output is half-written, and the exit status is
+    ``128 + signum`` (143 for SIGTERM; 130 for SIGINT, the plain ``KeyboardInterrupt``).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"signal {self.signum}")
+
+
+class SolveInterrupted(KeyboardInterrupt):
+    """An exact solve stopped by an interrupt (Ctrl-C, SIGTERM), carrying what it had.
+
+    ``result`` is the best :class:`~prefixsched.theory.exact.result.SolveResult` found so far, with
+    ``interrupted=True`` and status FEASIBLE (an incumbent, never claimed optimal) or UNKNOWN; it
+    was replayed by the checker like every result. It is a ``KeyboardInterrupt``, so a caller that
+    does not look for it (a loop over many solves) stops as on any Ctrl-C, never swallowing it.
+    ``signum`` is the signal that stopped it (2 = SIGINT).
+    """
+
+    def __init__(self, result: object, signum: int = 2) -> None:
+        self.result = result
+        self.signum = int(signum)
+        super().__init__("solve interrupted")

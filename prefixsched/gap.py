@@ -36,7 +36,10 @@ from prefixsched.errors import InputError
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import Instance, Limits, Request
 
-__all__ = ["random_instance", "trace_windows", "run_gap", "GapReport"]
+__all__ = ["random_instance", "trace_windows", "run_gap", "GapReport", "MAX_INSTANCES"]
+
+#: Most instances one gap run solves (each is solved exactly; 100,000 small ones take hours).
+MAX_INSTANCES = 100_000
 
 
 def random_instance(n: int, rng: np.random.Generator) -> Instance:
@@ -191,7 +194,16 @@ def run_gap(
     progress: bool = False,
     delta: float | None = None,
 ) -> GapReport:
-    """Compute the gap report (module docstring). Raises InputError on bad arguments."""
+    """Compute the gap report (module docstring).
+
+    Raises
+    ------
+    InputError
+        Bad arguments: ``--n`` above the backend's size limit
+        (:func:`prefixsched.theory.exact.size_limit`, checked before any instance is built),
+        ``--instances`` above :data:`MAX_INSTANCES`, a trace without ``source="trace"`` (it would
+        be ignored) or the reverse, a misplaced ``--delta``, an unknown policy.
+    """
     from tqdm import tqdm
 
     from prefixsched.reference.policies import create
@@ -206,11 +218,20 @@ def run_gap(
         raise InputError("--delta", f"only the fair model takes --delta (model is {model!r})")
     for spec in policies:
         create(spec)  # validates names early
+    from prefixsched.theory.exact import size_limit
+
+    limit = size_limit(solver, model, time_limit is not None)
+    if n > limit:
+        raise InputError("--n", f"the {solver} backend solves at most {limit} queries in the {model} model, got {n}")
+    if instances > MAX_INSTANCES:
+        raise InputError("--instances", f"must be <= {MAX_INSTANCES:,}, got {instances:,}")
     rng = np.random.default_rng(seed)
     if source == "trace":
         if trace is None:
             raise InputError("--trace", "--source trace needs --trace FILE")
         insts = trace_windows(trace, n, instances, rng)
+    elif trace is not None:
+        raise InputError("--trace", f"is only read with --source trace (source is {source!r})")
     elif source == "random":
         insts = [random_instance(n, rng) for _ in range(instances)]
     else:

@@ -5,16 +5,17 @@
 - ``.jsonl``: a Mooncake-format trace (:func:`prefixsched.reference.traces.load_mooncake`).
 
 Every read error is an :class:`~prefixsched.errors.InputError` whose message starts with the file
-(``file:line:`` for JSON syntax errors and trace lines), so the CLI can print it and exit 2.
+(``file:line:`` for JSON syntax errors and trace lines), so the CLI can print it and exit 2. Both
+formats are read through :mod:`prefixsched.validation` (bytes, JSON, number literals, ranges).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
+from prefixsched import validation as _v
 from prefixsched._io import write_json
 from prefixsched.errors import InputError
 from prefixsched.theory.cost import CostModel
@@ -29,22 +30,20 @@ def load_instance(path: str | os.PathLike[str]) -> Instance:
     Raises
     ------
     InputError
-        ``path: path: cannot read ...`` for a missing/unreadable file; ``path:line: json: ...`` for
-        a JSON syntax error; ``path: <field>: <problem>`` for a schema or validation error
-        (the field as :meth:`Instance.from_dict` names it, e.g. ``requests[3].output_len``).
+        ``path: path: cannot read ...`` for a missing/unreadable file; ``path: encoding: ...`` for
+        bytes that are not UTF-8; ``path:line: json: ...`` for a JSON syntax error (and
+        ``path: json: ...`` for nesting deeper than
+        :data:`~prefixsched.validation.MAX_JSON_DEPTH`); ``path: <field>: <problem>`` for a schema,
+        range or validation error (the field as :meth:`Instance.from_dict` names it, e.g.
+        ``requests[3].output_len``; number literals such as ``NaN``, ``1e400`` or a 400-digit
+        integer are refused by the field that holds them).
     """
     name = os.fspath(path)
     try:
-        with open(name, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise InputError("path", f"cannot read instance {name!r}: {e.strerror}", name) from None
-    except UnicodeDecodeError as e:
-        raise InputError("path", f"not UTF-8 text ({e.reason} at byte {e.start})", name) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError("json", f"{e.msg} (column {e.colno})", f"{name}:{e.lineno}") from None
+        text = _v.read_text(name, "instance")
+    except InputError as e:
+        raise InputError(e.field, e.problem, e.where or name) from None
+    data = _v.parse_json(text, name)
     try:
         return Instance.from_dict(data)
     except InputError as e:
@@ -75,15 +74,17 @@ def load_any(
     **mooncake_kwargs:
         ``clients``, ``strategy``, ``block_size``, ``max_requests`` of
         :func:`~prefixsched.reference.traces.load_mooncake`. A keyword whose value is ``None`` is
-        ignored (so a CLI can pass its unset options through). A ``.json`` instance already names
-        its clients and holds its requests, so these options do not apply to it and are ignored
-        (decided so that one CLI command line serves both formats); unknown option names are
+        ignored (so a CLI can pass its unset options through). For a ``.json`` instance
+        ``max_requests`` keeps its first M requests, as for a trace; ``clients``, ``strategy`` and
+        ``block_size`` do not apply to it (it names its clients and holds its prompts) and raise
+        :class:`InputError` naming the option, never silently ignored. Unknown option names are
         always an error.
 
     Raises
     ------
     InputError
-        Unknown suffix (``path``), an unknown option (its name), or any error of the two loaders.
+        Unknown suffix (``path``), an unknown option or one that does not apply to the format (its
+        name), or any error of the two loaders.
     """
     from prefixsched.reference.traces import load_mooncake
 
@@ -97,11 +98,17 @@ def load_any(
     if suffix == ".jsonl":
         return load_mooncake(name, limits=limits, cost_model=cost_model, **given)
     if suffix == ".json":
+        for k in sorted(set(given) - {"max_requests"}):
+            raise InputError(k, f"does not apply to a .json instance ({name!r} names its own clients and prompts)")
         inst = load_instance(name)
-        if limits is None and cost_model is None:
+        m = given.get("max_requests")
+        if m is not None:
+            _v.integer(m, "max_requests", lo=1)
+        if (m is None or m >= len(inst.requests)) and limits is None and cost_model is None:
             return inst
         return dataclasses.replace(
             inst,
+            requests=inst.requests[:m] if m is not None else inst.requests,
             limits=limits if limits is not None else inst.limits,
             cost_model=cost_model if cost_model is not None else inst.cost_model,
         )

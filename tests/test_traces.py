@@ -283,8 +283,14 @@ def test_load_any_dispatch_and_options(tmp_path):
     save_instance(js, _small_instance())
     lim = Limits(kv_capacity_tokens=50, page_size=2)
     assert load_any(js, limits=lim).limits == lim
-    # Mooncake-only options do not apply to an instance file (the CLI passes them always)
-    assert load_any(js, clients=4, strategy="family", max_requests=None) == _small_instance()
+    # unset options pass through; Mooncake-only options on an instance file are an error, never
+    # silently ignored (issue #7); max_requests keeps the first M requests of either format
+    assert load_any(js, clients=None, strategy=None, max_requests=None) == _small_instance()
+    for kw in ({"clients": 4}, {"strategy": "family"}, {"block_size": 16}):
+        with pytest.raises(InputError) as ei:
+            load_any(js, **kw)
+        assert ei.value.field == next(iter(kw)) and "does not apply" in str(ei.value)
+    assert [r.id for r in load_any(js, max_requests=1).requests] == ["a"]
     with pytest.raises(InputError) as ei:
         load_any(jl, colour="red")
     assert ei.value.field == "colour"

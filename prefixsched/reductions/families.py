@@ -63,7 +63,10 @@ Families
     query (the project's LPM rule) LPM is best on most points; with ties to the *newest* (an
     adversarial but legal LPM, since the paper leaves ties open) k-LPM < min(FCFS, LPM).
 
-Registry: :data:`FAMILIES` maps a CLI name to ``(builder(n) -> Instance, description)``.
+Registry: :data:`FAMILIES` maps a CLI name to ``(builder(n) -> Instance, description)``;
+:func:`family_tokens` gives the prompt tokens of a member *before* it is built (the CLI refuses a
+member above :data:`MAX_FAMILY_TOKENS`: ``vtc-locality`` grows quadratically in ``n``, the others
+linearly, and a member is written as one JSON token id per token).
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ __all__ = [
     "klpm_definition4",
     "prev_greedy_order",
     "FAMILIES",
+    "MAX_FAMILY_TOKENS",
+    "family_tokens",
 ]
 
 
@@ -362,3 +367,32 @@ FAMILIES: dict[str, tuple[Callable[[int], Instance], str]] = {
         "k-LPM Definition 4 with u=100, d=20, s=20, k=4, n users, seed 0 (arrival gap d+s)",
     ),
 }
+
+
+#: Prompt tokens of the CLI member ``FAMILIES[name][0](n)``, from the builders' default
+#: parameters (checked against the built instances in ``tests/test_reliability.py``).
+_FAMILY_TOKENS: dict[str, Callable[[int], int]] = {
+    "lpm-starvation": lambda n: n * (64 + 8) + 32,
+    "fcfs-no-reuse": lambda n: 2 * 3 * (n + 1),
+    "vtc-locality": lambda n: 2 * n * (n * 4 + 4),
+    "d2lpm-infinite-qw": lambda n: 2 * n * (256 + 8),
+    "klpm-definition4": lambda n: n * 4 * (100 + 20),
+}
+
+#: Largest member the CLI builds: 2 million prompt tokens (~25 MB of JSON, a few hundred MB of
+#: memory while it is written). ``family NAME --n N`` above it is refused before any work.
+MAX_FAMILY_TOKENS = 2_000_000
+
+
+def family_tokens(name: str, n: int) -> int:
+    """Total prompt tokens of the member of family ``name`` (a key of :data:`FAMILIES`) with size
+    parameter ``n``, computed without building it (O(1)).
+
+    Raises
+    ------
+    InputError
+        Unknown family.
+    """
+    if name not in _FAMILY_TOKENS:
+        raise InputError("NAME", f"unknown family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return int(_FAMILY_TOKENS[name](int(n)))

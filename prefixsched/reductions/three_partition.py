@@ -79,6 +79,13 @@ NO instances (see ``papers/klpm/reduction.md`` for counts).
 The constants of klpm.md §2.2 were re-derived here and are correct as stated (in particular
 :math:`r_m + 1 = W`, so the last pin ends exactly at :math:`2T`).
 
+Size: the reduced instance is **pseudo-polynomial** in :math:`B`: the blockers alone hold
+:math:`2T = 2m(B + \rho + 2)` tokens and the items :math:`mB + 3m`, so the instance has
+:math:`\Theta(m(B + m))` prompt tokens (:func:`reduction_tokens`). That is what a reduction
+from a *strongly* NP-complete problem may do (the values are read in unary), but it means a
+large ``B`` cannot be built: :func:`reduce_to_ttft_feasibility` refuses instances above
+:data:`MAX_REDUCTION_TOKENS` before allocating anything.
+
 Units: the sequential model's time unit (one uncached prompt token); the :class:`Instance` uses
 :meth:`CostModel.token_units` (``c_attn = 0``, no step overheads) and ``page_size = 1``, so it can be
 saved as JSON and solved by ``prefixsched solve --model prev``.
@@ -112,10 +119,16 @@ __all__ = [
     "planted_instance",
     "perturbed_instance",
     "LAMBDA",
+    "MAX_REDUCTION_TOKENS",
+    "reduction_tokens",
 ]
 
 #: Length of the shared item prefix (token ``p``), λ of klpm.md §2.2.
 LAMBDA = 1
+
+#: Largest reduced instance built (prompt tokens; 2 million ~ 25 MB of JSON). With ``rho = m``
+#: that is about ``3 m B + 3 m**2 <= 2e6``, e.g. ``B`` up to ~660,000 for ``m = 1``.
+MAX_REDUCTION_TOKENS = 2_000_000
 
 Triples = tuple[tuple[int, int, int], ...]
 
@@ -263,6 +276,8 @@ def solve_exact(tp: ThreePartition, *, time_limit: float = 60.0, seed: int = 0) 
     ------
     SolverLimitError
         If CP-SAT neither found a solution nor proved infeasibility within ``time_limit`` seconds.
+    KeyboardInterrupt
+        An interrupt (Ctrl-C; SIGTERM in the CLI) stopped the search (never reported as a timeout).
     """
     from ortools.sat.python import cp_model
 
@@ -276,11 +291,16 @@ def solve_exact(tp: ThreePartition, *, time_limit: float = 60.0, seed: int = 0) 
     for j in range(m):
         model.Add(sum(tp.values[i] * x[i][j] for i in range(n)) == b)
         model.Add(sum(x[i][j] for i in range(n)) == 3)
+    from prefixsched.theory.exact._interrupt import Guard
+
     solver = cp_model.CpSolver()
     solver.parameters.num_search_workers = 1
     solver.parameters.random_seed = int(seed)
     solver.parameters.max_time_in_seconds = float(time_limit)
-    status = solver.Solve(model)
+    solver.parameters.catch_sigint_signal = False  # a Ctrl-C is an interrupt, not a timeout
+    guard = Guard()
+    status = guard.run(lambda: solver.Solve(model), solver.StopSearch)
+    guard.reraise()
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         bins: list[list[int]] = [[] for _ in range(m)]
         for i in range(n):
@@ -457,7 +477,18 @@ class Reduction:
         }
 
 
-def reduce_to_ttft_feasibility(tp: ThreePartition, *, rho: int | None = None) -> Reduction:
+def reduction_tokens(tp: ThreePartition, *, rho: int | None = None) -> int:
+    """Prompt tokens of the reduced instance of ``tp`` (module docstring, "Size"), without
+    building it: blockers ``2T``, pair gadgets ``m(2 rho + 1)``, items ``sum(a_i + 1)``."""
+    m = tp.m
+    r = m if rho is None else int(rho)
+    T = m * (LAMBDA + tp.bound) + m * (r + 1)
+    return 2 * T + m * (2 * r + 1) + sum(tp.values) + 3 * m
+
+
+def reduce_to_ttft_feasibility(
+    tp: ThreePartition, *, rho: int | None = None, max_tokens: int = MAX_REDUCTION_TOKENS
+) -> Reduction:
     """Build the klpm.md §2.2 reduction of ``tp`` (module docstring for the math).
 
     Parameters
@@ -467,6 +498,9 @@ def reduce_to_ttft_feasibility(tp: ThreePartition, *, rho: int | None = None) ->
     rho:
         Pair-prefix length (default ``m``, the smallest value meeting ``rho >= (m-1)*LAMBDA + 1``).
         Smaller values give the negative control; the reduction is then not sound.
+    max_tokens:
+        Refuse (before building) a reduced instance of more prompt tokens than this
+        (:func:`reduction_tokens`; default :data:`MAX_REDUCTION_TOKENS`).
 
     Returns
     -------
@@ -478,13 +512,21 @@ def reduce_to_ttft_feasibility(tp: ThreePartition, *, rho: int | None = None) ->
     Raises
     ------
     InputError
-        If ``rho`` is not an integer >= 1.
+        If ``rho`` is not an integer >= 1, or (field ``bound``) the instance would exceed
+        ``max_tokens``: the construction is pseudo-polynomial in ``B``.
     """
     m, b = tp.m, tp.bound
     if rho is None:
         rho = m
     if isinstance(rho, bool) or not isinstance(rho, int) or rho < 1:
         raise InputError("rho", f"must be an integer >= 1, got {rho!r}")
+    size = reduction_tokens(tp, rho=rho)
+    if size > max_tokens:
+        raise InputError(
+            "bound",
+            f"the reduction is pseudo-polynomial in B (it writes Theta(m(B + m)) prompt tokens): m = {m}, "
+            f"B = {b} gives {size:,} tokens, more than the limit {max_tokens:,}; use a smaller B",
+        )
     c_alpha, c_beta = 0, 1
     T = m * (LAMBDA + b) + m * (rho + c_alpha + c_beta)
     pins = tuple(j * (b + 1) + (j - 1) * (rho + 1) + rho for j in range(1, m + 1))

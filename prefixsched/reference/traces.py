@@ -31,14 +31,15 @@ the trace cannot express anyway.) A caller who passes ``limits`` should keep ``p
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Hashable
 from typing import Any
 
+from prefixsched import validation as _v
 from prefixsched.errors import InputError
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request, page_keys
@@ -72,14 +73,6 @@ def _family_client(family: int, clients: int) -> str:
     # zlib.crc32 is stable across runs and platforms (Python's hash() of an int is too, but
     # hash() of str is salted; crc32 keeps the rule the same whatever the id type).
     return f"c{zlib.crc32(str(family).encode('ascii')) % clients}"
-
-
-def _check_int(v: Any, field: str, where: str) -> int:
-    if type(v) is int:
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    raise InputError(field, f"must be an integer, got {v!r}", where)
 
 
 def load_mooncake(
@@ -123,11 +116,15 @@ def load_mooncake(
     ------
     InputError
         Bad parameters (naming the parameter), an unreadable file, or a malformed line, with
-        ``where = "path:line"`` so the message reads ``path:line: field: problem``: not JSON, not an
-        object, a missing field, a wrong type, a length < 1, a negative or non-finite timestamp, a
-        timestamp smaller than the previous line's (the trace must be sorted), a ``hash_ids`` list
-        whose length does not fit ``input_length`` and ``block_size``, a request whose prompt +
-        output cannot fit the KV pool; and ``path: trace: the trace is empty``.
+        ``where = "path:line"`` so the message reads ``path:line: field: problem``: bytes that are
+        not UTF-8, not JSON (or nested deeper than :data:`prefixsched.validation.MAX_JSON_DEPTH`),
+        not an object, a missing field, a wrong type, a value outside its documented range
+        (:mod:`prefixsched.validation`: timestamp ``0 .. 1e13`` ms, lengths ``1 .. 10**7`` /
+        ``1 .. 10**6`` tokens, block ids ``0 .. 2**63-1``; ``NaN``, ``1e400`` and 400-digit
+        integers included), a timestamp smaller than the previous line's (the trace must be
+        sorted), a ``hash_ids`` list whose length does not fit ``input_length`` and
+        ``block_size``, a request whose prompt + output cannot fit the KV pool; and
+        ``path: trace: the trace is empty``.
     """
     if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
         raise InputError("clients", f"must be an integer >= 1, got {clients!r}")
@@ -135,8 +132,8 @@ def load_mooncake(
         raise InputError(
             "strategy", f"unknown client strategy {strategy!r} (known: {', '.join(CLIENT_STRATEGIES)})"
         )
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise InputError("block_size", f"must be an integer >= 1, got {block_size!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size <= _v.MAX_BLOCK_SIZE:
+        raise InputError("block_size", f"must be an integer in [1, {_v.MAX_BLOCK_SIZE}], got {block_size!r}")
     if max_requests is not None and (
         isinstance(max_requests, bool) or not isinstance(max_requests, int) or max_requests < 1
     ):
@@ -151,57 +148,48 @@ def load_mooncake(
 
     name = os.fspath(path)
     try:
-        fh = open(name, encoding="utf-8")
+        fh = open(name, "rb")  # bytes: a bad byte is reported with its line, not as a traceback
     except OSError as e:
         raise InputError("path", f"cannot read trace {name!r}: {e.strerror}") from None
 
     requests: list[Request] = []
-    prev_ts = -math.inf
+    lines: list[int] = []
+    prev_ts: float = -math.inf
     prev_line = 0
+    max_ts, max_in, max_out, max_id = _v.MAX_TIMESTAMP_MS, _v.MAX_PROMPT_TOKENS, _v.MAX_OUTPUT_TOKENS, _v.MAX_TOKEN_ID
     with fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
+        for lineno, raw_line in enumerate(_lines(fh, name), start=1):
+            if not raw_line.strip():
                 continue
             where = f"{name}:{lineno}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError("line", f"not valid JSON ({e.msg} at column {e.colno})", where) from None
+            d = _v.parse_json(_v.decode_utf8(raw_line, where, field="line"), where, first_line=0, field="line")
             if not isinstance(d, dict):
                 raise InputError("line", f"must be a JSON object, got {type(d).__name__}", where)
             for key in _REQUIRED:
                 if key not in d:
                     raise InputError(key, "missing", where)
 
-            ts = d["timestamp"]
-            if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-                raise InputError("timestamp", f"must be a number (ms), got {ts!r}", where)
-            if not math.isfinite(ts) or ts < 0:
-                raise InputError("timestamp", f"must be a finite number >= 0 (ms), got {ts!r}", where)
+            ts = _v.number(d["timestamp"], "timestamp", lo=0, hi=max_ts, where=where, unit="ms")
             if ts < prev_ts:
                 raise InputError(
                     "timestamp",
                     f"timestamps must be non-decreasing (the trace must be sorted by arrival): "
-                    f"{ts} ms after {prev_ts} ms on line {prev_line}",
+                    f"{ts:g} ms after {prev_ts:g} ms on line {prev_line}",
                     where,
                 )
             prev_ts, prev_line = ts, lineno
 
-            n_in = _check_int(d["input_length"], "input_length", where)
-            if n_in < 1:
-                raise InputError("input_length", f"must be >= 1, got {n_in}", where)
-            n_out = _check_int(d["output_length"], "output_length", where)
-            if n_out < 1:
-                raise InputError("output_length", f"must be >= 1, got {n_out}", where)
+            n_in = _v.integer(d["input_length"], "input_length", lo=1, hi=max_in, where=where, unit="tokens")
+            n_out = _v.integer(d["output_length"], "output_length", lo=1, hi=max_out, where=where, unit="tokens")
 
             hashes = d["hash_ids"]
             if not isinstance(hashes, list):
                 raise InputError("hash_ids", f"must be a list of integers, got {type(hashes).__name__}", where)
-            if not all(type(h) is int for h in hashes):
-                bad = next(h for h in hashes if type(h) is not int)
-                raise InputError("hash_ids", f"block ids must be integers, got {bad!r}", where)
-            if hashes and min(hashes) < 0:
-                raise InputError("hash_ids", f"block ids must be >= 0, got {min(hashes)}", where)
+            if not all(type(h) is int for h in hashes) or (hashes and not 0 <= min(hashes) <= max(hashes) <= max_id):
+                k, h = next((k, h) for k, h in enumerate(hashes) if type(h) is not int or not 0 <= h <= max_id)
+                raise InputError(
+                    "hash_ids", f"block id hash_ids[{k}] must be an integer in [0, 2**63 - 1], got {_v.show(h)}", where
+                )
             need = -(-n_in // block_size)
             if len(hashes) != need:
                 raise InputError(
@@ -227,7 +215,7 @@ def load_mooncake(
                     raise InputError("client", "missing (strategy 'field' needs a client on every line)", where)
                 c = d["client"]
                 if isinstance(c, bool) or not isinstance(c, (str, int)) or c == "":
-                    raise InputError("client", f"must be a non-empty string or an integer, got {c!r}", where)
+                    raise InputError("client", f"must be a non-empty string or an integer, got {_v.show(c)}", where)
                 client = str(c)
 
             requests.append(
@@ -239,12 +227,27 @@ def load_mooncake(
                     output_len=n_out,
                 )
             )
+            lines.append(lineno)
             if max_requests is not None and len(requests) >= max_requests:
                 break
 
     if not requests:
         raise InputError("trace", "the trace is empty", name)
-    return Instance(requests=tuple(requests), cost_model=cost_model, limits=limits)
+    try:
+        return Instance(requests=tuple(requests), cost_model=cost_model, limits=limits)
+    except InputError as e:  # a request-level check of the common layer: point at its line
+        m = re.match(r"requests\[(\d+)\]\.?(.*)", e.field)
+        if m is None:
+            raise
+        raise InputError(m.group(2) or "line", e.problem, f"{name}:{lines[int(m.group(1))]}") from None
+
+
+def _lines(fh: Any, name: str) -> Any:
+    """The lines of a binary file; an unreadable file (a directory, an I/O error) is an InputError."""
+    try:
+        yield from fh
+    except OSError as e:
+        raise InputError("path", f"cannot read trace {name!r}: {e.strerror or e}") from None
 
 
 def _ideal_hits(instance: Instance) -> list[tuple[int, int]]:

@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from prefixsched import validation as _v
 from prefixsched.errors import InputError
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request
@@ -186,11 +187,9 @@ def _window(
 
 
 def _num(name: str, v: Any, *, lo: float = 0.0, strict: bool = True) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise InputError(name, f"must be a finite number, got {v!r}")
-    if (strict and v <= lo) or (not strict and v < lo):
-        raise InputError(name, f"must be {'>' if strict else '>='} {lo:g}, got {v!r}")
-    return float(v)
+    # the common validation layer: finite (an int of any size compared exactly, never an
+    # OverflowError), > lo (>= lo unless strict), at most 1e12 like every time of an instance
+    return _v.number(v, name, lo=lo, lo_open=strict, hi=_v.MAX_ARRIVAL)
 
 
 def _int(name: str, v: Any, lo: int = 1) -> int:

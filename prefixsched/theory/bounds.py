@@ -387,7 +387,8 @@ def _states_at_steps(trace: Trace, key: str) -> list[dict[str, Any] | None]:
 
 def _waiting_after_step(trace: Trace) -> list[set[str]]:
     """Clients with a waiting request right after step s ends (the moment ``state()`` is logged):
-    requests that joined by step s (``arrival <= step_start[s]``) and are admitted after it."""
+    requests that joined by step s (``arrival <= step_start[s]``) and are admitted after it, or
+    that a retraction put back in the queue by then (``sglang`` engine)."""
     S = trace.n_steps
     starts = np.asarray(trace.step_start)
     clients = list(dict.fromkeys(r.client for r in trace.requests))
@@ -395,10 +396,14 @@ def _waiting_after_step(trace: Trace) -> list[set[str]]:
     diff = np.zeros((len(clients), S + 1), dtype=np.int64)
     for r in trace.requests:
         first = int(np.searchsorted(starts, r.arrival, side="left"))  # first step starting >= arrival
-        last = min(r.admit_step, S)
-        if first < last:
-            diff[ci[r.client], first] += 1
-            diff[ci[r.client], last] -= 1
+        runs = r.all_runs()
+        # waiting before its first admission, and again between a retraction and the re-admission
+        spans = [(first, runs[0].admit_step)] + [(a.end_step + 1, b.admit_step) for a, b in zip(runs, runs[1:])]
+        for lo, hi in spans:
+            hi = min(hi, S)
+            if lo < hi:
+                diff[ci[r.client], lo] += 1
+                diff[ci[r.client], hi] -= 1
     live = np.cumsum(diff, axis=1)[:, :S] > 0
     return [{clients[k] for k in np.flatnonzero(live[:, s])} for s in range(S)]
 

@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from prefixsched import validation as _v
 from prefixsched.errors import InputError
 
 __all__ = ["CostModel"]
@@ -70,11 +71,14 @@ class CostModel:
     decode_per_context_token_s: float = 0.0
 
     def validate(self) -> None:
-        """Raise :class:`InputError` naming the field if a parameter is negative or not finite."""
+        """Raise :class:`InputError` naming the field if a parameter is not a finite number in its
+        documented range: every seconds parameter in ``[0, 1e3]`` s, ``c_attn`` in ``[0, 1e3]``
+        (:mod:`prefixsched.validation`; with every instance limit at its maximum a step then stays
+        far below float overflow, so no step time, TTFT or metric can become ``inf``/``nan``)."""
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise InputError(f"cost_model.{f.name}", f"must be a finite number >= 0, got {v!r}")
+            hi = _v.MAX_C_ATTN if f.name == "c_attn" else _v.MAX_COST_SECONDS
+            _v.number(v, f"cost_model.{f.name}", lo=0, hi=hi)
 
     def weighted_extend(self, extend_tokens: int, prompt_len: int) -> float:
         """``(1 + c_attn * prompt_len) * extend_tokens``: token units of one request's prefill."""
@@ -121,8 +125,6 @@ class CostModel:
         for k, v in d.items():
             if k not in names:
                 raise InputError(f"{where}.{k}", f"unknown field (known: {', '.join(sorted(names))})")
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise InputError(f"{where}.{k}", f"must be a number, got {v!r}")
-        obj = CostModel(**{k: float(v) for k, v in d.items()})
+        obj = CostModel(**{k: _v.number(v, f"{where}.{k}") for k, v in d.items()})
         obj.validate()
         return obj

@@ -35,6 +35,7 @@ from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Union, overload
 
+from prefixsched import validation as _v
 from prefixsched.errors import InputError
 from prefixsched.theory.cost import CostModel
 
@@ -310,9 +311,7 @@ class Request:
         client = d["client"]
         if not isinstance(client, (str, int)) or isinstance(client, bool):
             raise InputError(f"{where}.client", f"must be a string or integer, got {client!r}")
-        arrival = _number(d["arrival"], f"{where}.arrival")
-        if arrival < 0:
-            raise InputError(f"{where}.arrival", f"must be >= 0, got {arrival}")
+        arrival = _v.number(d["arrival"], f"{where}.arrival", lo=0, hi=_v.MAX_ARRIVAL)
         raw = d["prompt"]
         prompt: Prompt
         if isinstance(raw, dict):
@@ -321,23 +320,19 @@ class Request:
                     raise InputError(f"{where}.prompt.{key}", "missing")
             try:
                 prompt = BlockPrompt(
-                    _int_list(raw["blocks"], f"{where}.prompt.blocks"),
-                    _int(raw["length"], f"{where}.prompt.length"),
-                    _int(raw["block_size"], f"{where}.prompt.block_size"),
+                    _token_ids(raw["blocks"], f"{where}.prompt.blocks"),
+                    _v.integer(raw["length"], f"{where}.prompt.length", lo=1, hi=_v.MAX_PROMPT_TOKENS),
+                    _v.integer(raw["block_size"], f"{where}.prompt.block_size", lo=1, hi=_v.MAX_BLOCK_SIZE),
                 )
             except InputError as e:
                 if e.field.startswith(where):
                     raise
                 raise InputError(f"{where}.prompt.{e.field}", e.problem) from None
         else:
-            prompt = tuple(_int_list(raw, f"{where}.prompt"))
-            if any(t < 0 for t in prompt):
-                raise InputError(f"{where}.prompt", "token ids must be >= 0")
+            prompt = tuple(_token_ids(raw, f"{where}.prompt"))
         if len(prompt) < 1:
             raise InputError(f"{where}.prompt", "must hold at least one token")
-        output_len = _int(d["output_len"], f"{where}.output_len")
-        if output_len < 1:
-            raise InputError(f"{where}.output_len", f"must be >= 1, got {output_len}")
+        output_len = _v.integer(d["output_len"], f"{where}.output_len", lo=1, hi=_v.MAX_OUTPUT_TOKENS)
         return Request(id=str(rid), client=str(client), arrival=arrival, prompt=prompt, output_len=output_len)
 
 
@@ -375,23 +370,31 @@ class Limits:
     chunked_prefill_size: int | None = 8192
 
     def validate(self) -> None:
-        """Raise :class:`InputError` naming the field if a limit is not a positive integer
-        (``chunked_prefill_size`` may also be ``None``)."""
+        """Raise :class:`InputError` naming the field if a limit is not an integer within its
+        documented range (:mod:`prefixsched.validation`: token limits ``1 .. 10**15``,
+        ``max_running_requests`` ``1 .. 10**7``, ``page_size`` ``1 .. 2**20``;
+        ``chunked_prefill_size`` may also be ``None``)."""
         for f in fields(self):
             v = getattr(self, f.name)
             if v is None and f.name == "chunked_prefill_size":
                 continue
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InputError(f"limits.{f.name}", f"must be an integer >= 1, got {v!r}")
+            hi = _LIMIT_MAX.get(f.name, _v.MAX_LIMIT_TOKENS)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+                _v.integer(v, f"limits.{f.name}", lo=1, hi=hi)
+                raise InputError(f"limits.{f.name}", f"must be an integer, got {_v.show(v)}")
 
     @staticmethod
     def from_dict(d: Any, where: str = "limits") -> "Limits":
         def reader(v: Any, name: str) -> Any:
             if v is None and name.endswith(".chunked_prefill_size"):
                 return None
-            return _int(v, name)
+            return _v.integer(v, name)
 
         return _dataclass_from_dict(Limits, d, where, reader)
+
+
+#: Upper ends of the :class:`Limits` fields that are not token counts (those: 10**15).
+_LIMIT_MAX = {"max_running_requests": _v.MAX_RUNNING_REQUESTS, "page_size": _v.MAX_BLOCK_SIZE}
 
 
 @dataclass(frozen=True)
@@ -409,12 +412,11 @@ class ServiceWeights:
     def validate(self) -> None:
         for name in ("w_e", "w_q"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise InputError(f"weights.{name}", f"must be a finite number >= 0, got {v!r}")
+            _v.number(v, f"weights.{name}", lo=0, hi=_v.MAX_WEIGHT)
 
     @staticmethod
     def from_dict(d: Any, where: str = "weights") -> "ServiceWeights":
-        return _dataclass_from_dict(ServiceWeights, d, where, _number)
+        return _dataclass_from_dict(ServiceWeights, d, where, lambda v, name: _v.number(v, name))
 
 
 @dataclass(frozen=True)
@@ -450,8 +452,16 @@ class Instance:
         seen: set[str] = set()
         prev = -math.inf
         kind = None
+        max_prompt, max_out, max_arr = _v.MAX_PROMPT_TOKENS, _v.MAX_OUTPUT_TOKENS, _v.MAX_ARRIVAL
         for i, r in enumerate(self.requests):
             where = f"requests[{i}]"
+            a = r.arrival
+            if not (type(a) is float and 0.0 <= a <= max_arr):  # the fast path; else name the problem
+                _v.number(a, f"{where}.arrival", lo=0, hi=max_arr)
+            if not 1 <= r.prompt_len <= max_prompt:
+                raise InputError(f"{where}.prompt", f"must hold 1 .. {max_prompt:,} tokens, got {r.prompt_len:,}")
+            if type(r.output_len) is not int or not 1 <= r.output_len <= max_out:
+                _v.integer(r.output_len, f"{where}.output_len", lo=1, hi=max_out)
             if r.id in seen:
                 raise InputError(f"{where}.id", f"duplicate id {r.id!r}")
             seen.add(r.id)
@@ -517,27 +527,9 @@ class Instance:
 # small validated readers
 
 
-def _number(v: Any, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InputError(name, f"must be a number, got {v!r}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise InputError(name, f"must be finite, got {v}")
-    return v
-
-
-def _int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        raise InputError(name, f"must be an integer, got {v!r}")
-    return v
-
-
-def _int_list(v: Any, name: str) -> list[int]:
-    if not isinstance(v, list):
-        raise InputError(name, f"must be a list of integers, got {type(v).__name__}")
-    return [_int(x, f"{name}[{i}]") for i, x in enumerate(v)]
+def _token_ids(v: Any, name: str) -> list[int]:
+    """Token or block ids: a list of at most MAX_PROMPT_TOKENS ints in [0, MAX_TOKEN_ID]."""
+    return _v.int_list(v, name, lo=0, hi=_v.MAX_TOKEN_ID, max_len=_v.MAX_PROMPT_TOKENS)
 
 
 def _dataclass_from_dict(cls: Any, d: Any, where: str, reader: Any) -> Any:

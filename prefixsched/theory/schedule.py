@@ -50,6 +50,12 @@ What :func:`check_trace` checks (each violation is one message naming the reques
     admitted in the same step do not share with each other (SGLang prefills a batch from the cache
     state before it). This is necessary, not sufficient: eviction is not replayed.
 
+``finite``
+    Every quantity replayed is finite: the cost-model parameters, every step time, every record
+    time (arrival, admit, first token, finish) and every step duration the cost model gives. A
+    ``nan`` or ``inf`` compares false with everything, so without this check a trace full of
+    ``nan`` would pass every other check (:func:`_check_finite`).
+
 Work conservation is *not* checked (a policy may legitimately idle); :func:`idle_with_waiting`
 reports the gaps for the invariant tests that want it.
 
@@ -214,6 +220,37 @@ def prefix_paths(requests: Sequence[Request], page_size: int) -> tuple[list[list
 # the checker
 
 
+def _check_finite(
+    col: _Collector,
+    instance: Instance,
+    arr: TraceArrays,
+    step_start: np.ndarray,
+    step_end: np.ndarray,
+    *,
+    durations: np.ndarray | None = None,
+) -> None:
+    """Kind ``finite``: every replayed quantity is a finite number (module docstring).
+
+    Without ``durations``: the cost-model parameters, the step clock and the record times. With
+    it: the cost model's step durations (called once more after they are computed).
+    """
+    if durations is not None:
+        for s in np.flatnonzero(~np.isfinite(durations)):
+            col.add("finite", f"step {s}: the cost model gives a non-finite duration {_t(durations[s])} s")
+        return
+    cm = instance.cost_model
+    for name, v in sorted(vars(cm).items()):
+        if isinstance(v, float) and not np.isfinite(v):  # ints are finite; non-numbers are not replayed
+            col.add("finite", f"cost_model.{name} = {v!r} is not finite")
+    for name, clock in (("step_start", step_start), ("step_end", step_end)):
+        for s in np.flatnonzero(~np.isfinite(clock)):
+            col.add("finite", f"step {s}: {name} = {_t(clock[s])} is not finite")
+    for name in ("arrival", "admit", "first_token", "finish"):
+        x = getattr(arr, name)
+        for k in np.flatnonzero(~np.isfinite(x)):
+            col.add("finite", f"request {arr.ids[k]!r}: {name} = {_t(x[k])} is not finite")
+
+
 def check_trace(
     instance: Instance, trace: Trace, *, strict: bool = True, max_per_kind: int = 20
 ) -> CheckReport:
@@ -285,6 +322,7 @@ def check_trace(
     # arrays over the trace's records (all of them; record-level checks do not need the instance)
     arr = trace_arrays(trace)
     n = len(arr.ids)
+    _check_finite(col, instance, arr, step_start, step_end)
 
     # ---- steps ----------------------------------------------------------------------------
     if S:
@@ -409,6 +447,7 @@ def check_trace(
             0.0,
         )
         expect = prefill + decode
+        _check_finite(col, instance, arr, step_start, step_end, durations=expect)
         got = step_end - step_start
         tol = _REL_DURATION * np.abs(expect) + _time_tol(step_start) + _time_tol(step_end)
         for st in np.flatnonzero(np.abs(got - expect) > tol):

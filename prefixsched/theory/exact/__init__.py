@@ -27,14 +27,14 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Union
 
-from prefixsched.errors import InputError
+from prefixsched.errors import InputError, SolverLimitError
 from prefixsched.theory.exact.result import SolveResult, Status, relative_gap
 
 if TYPE_CHECKING:  # pragma: no cover
     from prefixsched.theory.model import Instance
     from prefixsched.theory.sequential import SeqInstance
 
-__all__ = ["solve", "SOLVERS", "SolveResult", "Status", "relative_gap"]
+__all__ = ["solve", "SOLVERS", "SolveResult", "Status", "relative_gap", "size_limit", "MAX_TOKENS"]
 
 #: Backend name -> module (relative to this package).
 SOLVERS: Mapping[str, str] = MappingProxyType({
@@ -43,6 +43,32 @@ SOLVERS: Mapping[str, str] = MappingProxyType({
     "dp": "dp",
     "brute": "brute",
 })
+
+#: Most prompt tokens (summed over the queries) the sequential models expand an instance to: they
+#: work on token ids, so a block prompt of L tokens becomes L ints (about 40 bytes each with the
+#: LCP work). 2 million tokens is ~100 MB, far above what any exact backend can solve.
+MAX_TOKENS = 2_000_000
+
+
+def size_limit(solver: str, model: str, timed: bool) -> int:
+    """Largest number of queries ``solver`` accepts for ``model`` (``timed``: a time limit is
+    given; only the dp backend's limit depends on it). Reads each backend's own ``MAX_N``.
+
+    Raises
+    ------
+    InputError
+        Unknown solver or model.
+    """
+    if solver not in SOLVERS:
+        raise InputError("solver", f"unknown solver {solver!r} (choices: {', '.join(SOLVERS)})")
+    mod: Any = importlib.import_module(f"{__name__}.{SOLVERS[solver]}")
+    limits = mod.MAX_N_TIMED if (timed and hasattr(mod, "MAX_N_TIMED")) else mod.MAX_N
+    if isinstance(limits, int):
+        return limits
+    if model not in limits:
+        raise InputError("model", f"unknown model {model!r} (choices: {', '.join(limits)})")
+    return int(limits[model])
+
 
 BACKEND_SIGNATURE = (
     "solve(inst: SeqInstance, model: str, objective: str, *, bound: float | None = None, "
@@ -134,6 +160,23 @@ def solve(
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise InputError("workers", f"must be an integer >= 1, got {workers!r}")
 
+    if not isinstance(instance, seq.SeqInstance):
+        # size checks before the sequential view expands every prompt to token ids (and builds
+        # the n x n LCP table): a 12k-request trace must be refused at once, not after minutes
+        n_req = len(instance.requests)
+        limit = size_limit(solver, model, time_limit is not None)
+        if n_req > limit:
+            raise SolverLimitError(
+                f"{solver} backend: model {model!r} is limited to n <= {limit} queries (got {n_req}); "
+                + ("use solver='cpsat' (n <= 200, anytime with a proven bound)" if solver != "cpsat"
+                   else "use a window of the instance or the simulator")
+            )
+        tokens = sum(r.prompt_len for r in instance.requests)
+        if tokens > MAX_TOKENS:
+            raise SolverLimitError(
+                f"the sequential models expand prompts to token ids: this instance has {tokens:,} prompt "
+                f"tokens, more than {MAX_TOKENS:,}; shorten the prompts (e.g. one token per block)"
+            )
     inst = instance if isinstance(instance, seq.SeqInstance) else seq.SeqInstance.from_instance(instance)
     hints: list[tuple[str, ...]] | None = None
     if hint_orders is not None:

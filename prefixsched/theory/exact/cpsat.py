@@ -132,6 +132,7 @@ from typing import Any
 from ortools.sat.python import cp_model
 
 from prefixsched.errors import CheckerError, InputError, SolverLimitError
+from prefixsched.theory.exact._interrupt import Guard
 from prefixsched.theory.exact.result import SolveResult, Status
 from prefixsched.theory.sequential import (
     MODELS,
@@ -200,7 +201,18 @@ class _Data:
         self.lcp = inst.lcp
         horizon = max(self.arr) + sum(w * L for w, L in zip(self.w, self.L))
         if horizon > MAX_HORIZON:
-            raise InputError("arrival", f"scaled horizon {horizon} exceeds {MAX_HORIZON}; rescale the instance")
+            late = max(range(n), key=lambda i: (self.arr[i], -i))
+            if self.arr[late] * 2 > MAX_HORIZON:  # one arrival dominates: name the request
+                raise InputError(
+                    f"queries[{late}].arrival",
+                    f"request {self.ids[late]!r} arrives at {inst.queries[late].arrival:g} time units; cpsat needs "
+                    f"every time (x scale {scale}) below 2**50 = {MAX_HORIZON:.3g}; shift or rescale the arrivals",
+                )
+            raise InputError(
+                "arrival",
+                f"latest arrival + total no-reuse work = {horizon / scale:.4g} time units (x scale {scale}) "
+                f"exceeds cpsat's 2**50 = {MAX_HORIZON:.3g}; rescale the instance",
+            )
         self.horizon = horizon
         # identical-prompt classes (R1): earlier (arrival, position) first
         self.same_before: list[list[int]] = [[] for _ in range(n)]  # same_before[j] = identical i before j
@@ -439,7 +451,32 @@ def solve_cpsat(
         or ``brute``).
     CheckerError
         The replayed schedule disagrees with the model (a bug).
+    SolveInterrupted
+        An interrupt (Ctrl-C, SIGTERM) stopped the search; it carries the result built from what
+        the search had, marked ``interrupted`` (:mod:`prefixsched.theory.exact._interrupt`).
     """
+    guard = Guard()
+    return guard.finish(_solve_cpsat(
+        guard, seq_inst, model, objective, bound=bound, delta=delta, time_limit=time_limit, workers=workers,
+        hint_orders=hint_orders, seed=seed, log=log, strengthen=strengthen,
+    ))
+
+
+def _solve_cpsat(
+    guard: Guard,
+    seq_inst: SeqInstance,
+    model: str,
+    objective: str,
+    *,
+    bound: float | None,
+    delta: float | None,
+    time_limit: float,
+    workers: int,
+    hint_orders: Sequence[Sequence[str]],
+    seed: int,
+    log: bool,
+    strengthen: bool,
+) -> SolveResult:
     t0 = time.perf_counter()
     if model not in MODELS:
         raise InputError("model", f"unknown model {model!r} (choices: {', '.join(MODELS)})")
@@ -727,8 +764,9 @@ def solve_cpsat(
     prm.num_workers = int(workers)
     prm.random_seed = int(seed)
     prm.log_search_progress = bool(log)
+    prm.catch_sigint_signal = False  # interrupts are ours: reported, never swallowed (_interrupt)
     cb = _Anytime(t0, to_units) if obj_var is not None else None
-    st = solver.solve(m, cb) if cb is not None else solver.solve(m)
+    st = guard.run(lambda: solver.solve(m, cb) if cb is not None else solver.solve(m), solver.stop_search)
     wall = time.perf_counter() - t0
     anytime = tuple(cb.points) if cb is not None else ()
 

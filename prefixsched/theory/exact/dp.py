@@ -93,6 +93,7 @@ from types import MappingProxyType
 from typing import Any
 
 from prefixsched.errors import InputError, SolverLimitError
+from prefixsched.theory.exact._interrupt import Guard
 from prefixsched.theory.exact.bounds_lb import entry_interval_bound, entry_weight, suffix_bound_from_table, suffix_table
 from prefixsched.theory.exact.greedy import greedy_orders
 from prefixsched.theory.exact.result import SolveResult, Status
@@ -216,6 +217,14 @@ def solve(
     tol = tolerance(inst)
     T = None if bound is None else float(bound)
     dlt = None if delta is None else float(delta)
+    # Exact arithmetic: with integral c_attn and arrivals every start, finish and TTFT is an
+    # integer, and float64 holds integers exactly below 2**53. The decision passes then compare
+    # exactly (slack 0). tolerance(inst) grows with the horizon (1e-9 of the latest arrival plus
+    # all work), so arrivals ~1e10 make it ~10 time units: used as slack it let a decision at
+    # T = hi - 1 return the incumbent itself (the "witness does not improve" failure of issue #7).
+    exact = float(inst.c_attn).is_integer() and all(float(a).is_integer() for a in inst.arrivals) \
+        and inst.horizon < 2.0**53
+    guard = Guard()
 
     def result(order: Sequence[str] | None, status: Status, lb: float | None, proof: str | None) -> SolveResult:
         return to_result(inst, None if order is None else tuple(order), model, objective, status, lb,
@@ -234,7 +243,8 @@ def solve(
         v, o = local_search(inst, inc_order, model, score_obj, dlt, max_evals=min(4000, 20 * n * n))
         if v is not None and v < inc_val:  # type: ignore[operator]
             inc_val, inc_order = v, o
-    if objective == "ttft-feasible" and inc_val is not None and inc_val <= T + tol:  # type: ignore[operator]
+    feas_slack = 0.0 if exact else tol
+    if objective == "ttft-feasible" and inc_val is not None and inc_val <= T + feas_slack:  # type: ignore[operator]
         return result(inc_order, Status.FEASIBLE, None, "witness schedule (greedy/local search), replayed")
 
     # ---- static data -------------------------------------------------------------------------
@@ -362,10 +372,14 @@ def solve(
             node = node[1]
         return tuple(reversed(out))
 
-    def run(feas: bool, T: float | None, UB_cut: float | None) -> tuple[str, tuple[str, ...] | None, float | None]:
+    def run(
+        feas: bool, T: float | None, UB_cut: float | None, slack: float = tol
+    ) -> tuple[str, tuple[str, ...] | None, float | None]:
         """One layered pass. Returns (kind, order, open_lb): kind "done" (order = best complete
         entry), "pruned" (every state pruned), "timeout" (time limit or state cap; open_lb = the
-        proven bound in accumulator units)."""
+        proven bound in accumulator units). The decision (``feas``) keeps the moves with every
+        TTFT ``<= T + slack``."""
+        Tc = None if T is None else T + slack
         layer: dict[Any, list[tuple[float, float, Any]]] = {}
         start_key: Any = (0, None) if model == "fair" else (-1 if is_prev else 0)
         layer[start_key] = [(0.0, 0.0, None)]
@@ -410,7 +424,7 @@ def solve(
                         fin = st + dur
                         tt = fin - aj
                         if feas:
-                            if tt > T + tol:  # type: ignore[operator]
+                            if tt > Tc:  # type: ignore[operator]
                                 continue
                             acc2 = 0.0
                         elif obj_max:
@@ -465,14 +479,14 @@ def solve(
                                 continue
                         lb = lower(S2, fin, acc2)
                         if feas:
-                            if lb > T + tol:  # type: ignore[operator]
+                            if lb > Tc:  # type: ignore[operator]
                                 continue
                             if use_entry and S2 != full:
                                 sb = sbc.get(key2)
                                 if sb is None:
                                     sb = sbc[key2] = entry_bound(S2, j)
                                 eb = (fin + sb[0] if fin + sb[0] > sb[1] else sb[1]) - sb[2]
-                                if eb > T + tol:  # type: ignore[operator]
+                                if eb > Tc:  # type: ignore[operator]
                                     continue
                         elif UB_cut is not None and lb >= UB_cut:
                             continue
@@ -521,17 +535,31 @@ def solve(
             return "done", unwind(best[2]), open_lb
         return "pruned", None, open_lb
 
-    def decide(Tq: float) -> tuple[str, tuple[str, ...] | None, float | None]:
+    def decide(Tq: float, slack: float) -> tuple[str, tuple[str, ...] | None, float | None]:
+        """Is there an order with every TTFT <= Tq + slack? (kind "done" with a witness, "pruned":
+        proven no, "timeout")."""
         if is_prev and vectorized and n <= _NP_MAX_N:
             # a cheap beam witness first (a "yes" needs only one order), then the exact pass
-            kind_b, order_b, _ = _decide_prev_np(inst, Tq, pmin, cost_tab, deadline, max_entries, tol, beam=_BEAM)
+            kind_b, order_b, _ = _decide_prev_np(inst, Tq, pmin, cost_tab, deadline, max_entries, slack, beam=_BEAM)
             if kind_b == "done":
                 return kind_b, order_b, None
-            return _decide_prev_np(inst, Tq, pmin, cost_tab, deadline, max_entries, tol)
-        return run(True, Tq, None)
+            return _decide_prev_np(inst, Tq, pmin, cost_tab, deadline, max_entries, slack)
+        return run(True, Tq, None, slack)
+
+    def stopped(e: KeyboardInterrupt, lb: float | None) -> BaseException:
+        """The SolveInterrupted for an interrupt of the search: the incumbent with the proven bound
+        ``lb`` (FEASIBLE), or UNKNOWN for a decision / without an incumbent."""
+        if inc_order is None or feas:
+            part = result(None, Status.UNKNOWN, None, None)
+        else:
+            part = result(inc_order, Status.FEASIBLE, None if lb is None else min(lb, inc_val), None)  # type: ignore[type-var]
+        return guard.interrupted_with(part, e)
 
     if feas:
-        kind, order, _ = decide(T)
+        try:
+            kind, order, _ = decide(T, feas_slack)  # type: ignore[arg-type]
+        except KeyboardInterrupt as e:
+            raise stopped(e, None) from None
         if kind == "done":
             return result(order, Status.FEASIBLE, None, "witness schedule found by dp")
         if kind == "pruned":
@@ -540,48 +568,55 @@ def solve(
 
     if obj_max and inc_val is not None:
         # bisection on T with the decision DP (one earliest finish per state; the TTFT bound
-        # prunes far harder than a loose incumbent), then exact closing steps "any order < hi?"
+        # prunes far harder than a loose incumbent), then exact closing steps "any order < hi?".
+        # Each query asks "every TTFT <= U + slack?" with U + slack < hi, so a witness always
+        # improves the incumbent: exact data ask U = an integer below hi with slack 0; float data
+        # ask U <= hi - tol with slack tol/2 (a "no" still proves nothing <= U exists).
         lo = lower(0, 0.0, 0.0)
         if is_prev:
             lo = max(lo, entry_interval_bound(inst, "prev"))  # bounds_lb bound B
         lo = min(lo, inc_val)
         hi = inc_val
-        integral = float(c).is_integer() and all(float(a).is_integer() for a in arr)
-        if integral:
+        if exact:
             lo = float(math.ceil(lo - tol))
         eps = 1e-6 * max(1.0, abs(hi))
         step = 1.0  # galloping from below: infeasible (low) T are cheap, feasible high T are not
         while True:
-            if integral:
+            if exact:
                 if lo >= hi:
                     break
-                mid = float(min(lo + step - 1.0, (lo + hi) // 2))
-            elif hi - lo > eps:
-                mid = (lo + hi) / 2
+                U, slack, closing = float(min(lo + step - 1.0, (lo + hi) // 2)), 0.0, False
             else:
-                mid = hi - 2 * tol  # closing step: is there an order strictly better than hi?
-            kind, order, _ = decide(mid)
+                closing = hi - lo <= max(eps, 4 * tol)
+                U, slack = (hi - tol if closing else (lo + hi) / 2), tol / 2
+            try:
+                kind, order, _ = decide(U, slack)
+            except KeyboardInterrupt as e:
+                raise stopped(e, lo) from None
             if kind == "timeout":
                 return result(inc_order, Status.FEASIBLE, lo, None)
             if kind == "done":
                 v = objective_value(evaluate(inst, order, model), objective)
-                if v < hi:
-                    hi, inc_order = v, order
-                else:  # pragma: no cover - a witness at T = mid has value <= mid < hi
-                    raise AssertionError("dp: decision witness does not improve the incumbent")
+                if not v < hi:  # pragma: no cover - U + slack < hi by construction
+                    raise AssertionError(f"dp: decision witness {v} at T = {U} + {slack} does not improve {hi}")
+                hi, inc_order = v, order
                 continue
-            # no order has max TTFT <= mid
-            if integral:
-                lo = mid + 1.0
+            # no order has max TTFT <= U (+ slack)
+            if exact:
+                lo = U + 1.0
                 step *= 2.0
-            elif mid >= hi - 2 * tol:
+            elif closing:
                 lo = hi
                 break
             else:
-                lo = mid
+                lo = U
         return result(inc_order, Status.OPTIMAL, hi, "dp exhaustion (decision DP bisection, klpm.md §2.2)")
 
-    kind, order, open_lb = run(False, None, UB_cut)
+    root = lower(0, 0.0, 0.0)
+    try:
+        kind, order, open_lb = run(False, None, UB_cut)
+    except KeyboardInterrupt as e:
+        raise stopped(e, root / n if obj_sum else root) from None
     if kind == "timeout":
         lb_acc = open_lb if open_lb is not None else UB
         if UB is not None and lb_acc is not None and lb_acc > UB:

@@ -65,6 +65,10 @@ class SolveResult:
         ``"dp exhaustion"``, ``"brute force"``, ``"lower bound"``...).
     anytime:
         ``[(wall_s, objective), ...]``: improving incumbents (CP-SAT solution callback).
+    interrupted:
+        True when an interrupt (Ctrl-C, SIGTERM) stopped the search: the result is what the search
+        had (never claimed OPTIMAL unless it was proven before the interrupt), and it reaches the
+        caller inside :class:`~prefixsched.errors.SolveInterrupted`, not as a normal return.
     """
 
     status: Status
@@ -80,6 +84,7 @@ class SolveResult:
     solver: str = ""
     proof: str | None = None
     anytime: tuple[tuple[float, float], ...] = ()
+    interrupted: bool = False
 
     @property
     def optimal(self) -> bool:
@@ -98,6 +103,7 @@ class SolveResult:
             "objective_name": self.objective_name,
             "solver": self.solver,
             "proof": self.proof,
+            "interrupted": self.interrupted,
         }
         if include_wall:
             d["wall_s"] = self.wall_s

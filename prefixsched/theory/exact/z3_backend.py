@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from prefixsched.errors import CheckerError, InputError, SolverLimitError
+from prefixsched.theory.exact._interrupt import Guard
 from prefixsched.theory.exact.greedy import greedy_orders
 from prefixsched.theory.exact.result import SolveResult, Status
 from prefixsched.theory.sequential import (
@@ -71,8 +72,14 @@ def solve(
         Model ``fair`` (not encoded), unknown objective, missing ``bound``.
     SolverLimitError
         ``n > 8``.
+    SolveInterrupted
+        An interrupt stopped the search; it carries the incumbent (FEASIBLE with the proven bound)
+        marked ``interrupted`` (:mod:`prefixsched.theory.exact._interrupt`).
     """
     import z3
+
+    z3.set_param("ctrl_c", False)  # z3 would catch Ctrl-C and answer "unknown"; interrupts are ours
+    guard = Guard()
 
     t0 = time.perf_counter()
     if model not in ("prev", "radix"):
@@ -135,6 +142,8 @@ def solve(
     scale = n if objective == "mean-ttft" else 1  # z is in accumulator units
 
     def check(extra: list) -> z3.CheckSatResult:
+        if guard.tripped:
+            return z3.unknown
         if deadline is not None:
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -142,7 +151,7 @@ def solve(
             s.set("timeout", max(1, int(left * 1000)))
         s.push()
         s.add(*extra)
-        r = s.check()
+        r = guard.run(s.check, s.ctx.interrupt)
         if r != z3.sat:
             s.pop()
         return r
@@ -189,8 +198,8 @@ def solve(
         return order, ev
 
     def res(order, status, lb, proof):
-        return to_result(inst, order, model, objective, status, lb, time.perf_counter() - t0, "z3", proof,
-                         ttft_bound=T)
+        return guard.finish(to_result(inst, order, model, objective, status, lb, time.perf_counter() - t0, "z3",
+                                      proof, ttft_bound=T))
 
     if objective == "ttft-feasible":
         r = check([z <= _q(T)])  # type: ignore[arg-type]
