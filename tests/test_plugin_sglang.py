@@ -81,7 +81,7 @@ def test_unsupported_version_registers_nothing(fresh_plugin, caplog):
 def test_missing_hook_target_registers_nothing(fresh_plugin, caplog):
     fresh_plugin.setenv("PREFIXSCHED_POLICY", "vtc")
     fresh_plugin.setattr(plugin, "sglang_version", lambda: "0.5.23")
-    fresh_plugin.setattr(plugin, "install_torchvision_standin", lambda: True)
+    fresh_plugin.setattr(plugin, "install_torchvision_standin", lambda **k: True)
     fresh_plugin.setitem(plugin.TARGETS, "arrival", "sglang_does_not_exist.mod.Scheduler._add_request_to_queue")
     fresh_plugin.setitem(plugin.TARGETS, "adder_class", "sglang_does_not_exist.mod.Scheduler.get_prefill_adder_class")
 
@@ -161,14 +161,16 @@ def test_plugin_is_loaded_by_sglangs_load_plugins(sgl):
 
     eps = {ep.name: ep.value for ep in entry_points(group="sglang.srt.plugins")}
     assert eps.get("prefixsched") == "prefixsched.integration.sglang.plugin:register"
-    assert plugin.status()["registered"] and plugin.status()["sglang_version"] == "0.5.23"
-    for fn in (
-        Scheduler.get_prefill_adder_class,
+    from prefixsched.integration.sglang._shim import SUPPORTED_VERSIONS
+
+    assert plugin.status()["registered"] and plugin.status()["sglang_version"] in SUPPORTED_VERSIONS
+    adder_hook = getattr(Scheduler, "get_prefill_adder_class", None)  # 0.5.23; 0.5.17 has none
+    for fn in [f for f in (adder_hook,) if f is not None] + [
         Scheduler._add_request_to_queue,
         Scheduler.process_batch_result,
         Scheduler._get_new_batch_prefill_raw,
         SchedulePolicy.calc_priority,
-    ):
+    ]:
         assert fn.__wrapped__ is not None  # patched by HookRegistry.apply_hooks
 
 
@@ -206,7 +208,8 @@ def test_policies_run_inside_sglang(sgl, spec):
     assert c["decision_mismatches"] == 0 and c["arrivals"] == len(inst.requests)
     assert set(run.finish) == {r.id for r in inst.requests}
     admitted = [rid for s in run.steps for rid in s.admitted]
-    assert sorted(admitted) == sorted(r.id for r in inst.requests)  # each admitted exactly once
+    assert set(admitted) == {r.id for r in inst.requests}
+    assert len(admitted) == len(inst.requests) + c["requeues"]  # once, plus once per retraction
     for s in run.steps:
         if s.admitted:
             assert s.kind == "extend"
@@ -239,11 +242,10 @@ def test_vtc_counters_are_the_charges_seen_in_sglang(sgl):
 def test_peek_walk_does_not_split_or_touch(sgl):
     from sglang.srt.managers.schedule_batch import Req
     from sglang.srt.mem_cache.base_prefix_cache import InsertParams
-    from sglang.srt.mem_cache.common import match_kv_cache
     from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
     from sglang.srt.sampling.sampling_params import SamplingParams
 
-    from prefixsched.integration.sglang.adapter import peek_prefix_len
+    from prefixsched.integration.sglang.adapter import peek_prefix_len, prefix_len_of
 
     for ps in (1, 4):
         tree = RadixCache.create_simulated(page_size=ps)
@@ -265,8 +267,8 @@ def test_peek_walk_does_not_split_or_touch(sgl):
             before = nodes()
             n, exact = peek_prefix_len(tree, req)
             assert exact and nodes() == before  # no split, no LRU touch
-            match_kv_cache(req, tree, req.origin_input_ids + req.output_ids, max_prefix_len=len(prompt) - 1)
-            assert n == req.prefix_len  # what SGLang's own match (which splits) finds
+            req.init_next_round_input(tree)  # SGLang's own match (it splits and touches)
+            assert n == prefix_len_of(req)
 
 
 class _Explodes(Policy):
@@ -521,3 +523,36 @@ def test_dp_controller_hook_replaces_sglangs_dispatch(sgl, monkeypatch):
     assert [w for w, _ in sent[:11]] == [w for _, w in ref.decisions]
     assert sent[11] == (2, "r11")  # SGLang's direct routing is kept
     assert len({w for w, _ in sent[:11]}) > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the same tests against SGLang 0.5.17 (the GPU image's version), on CPU
+
+
+@pytest.mark.sglang
+def test_plugin_suite_on_sglang_0517():
+    """Runs this file in a subprocess with the 0.5.17 overlay of
+    ``integration/cpu/sglang_0517_overlay.sh`` first on ``PYTHONPATH`` (skips without
+    ``PREFIXSCHED_SGLANG_0517_OVERLAY``)."""
+    overlay = os.environ.get("PREFIXSCHED_SGLANG_0517_OVERLAY")
+    if not overlay or os.environ.get("_PREFIXSCHED_IN_0517_RUN"):
+        pytest.skip("PREFIXSCHED_SGLANG_0517_OVERLAY not set (integration/cpu/sglang_0517_overlay.sh builds it)")
+    _require_sglang()
+    import subprocess
+    import sys
+
+    env = dict(os.environ, _PREFIXSCHED_IN_0517_RUN="1", PREFIXSCHED_REQUIRE_SGLANG="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(overlay) / "site"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    code = "from prefixsched.integration.sglang._shim import sglang_version; print(sglang_version())"
+    v = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert v.stdout.strip() == "0.5.17", v.stderr[-2000:]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert " passed" in out.stdout and " failed" not in out.stdout

@@ -13,8 +13,10 @@ plugin's own small copy, to be folded into that module at merge):
   module level (``configs/__init__.py -> ... -> multimodal/internvl_utils.py``). Only when the real
   package cannot be imported, transformers' ``is_torchvision_available()`` is called once first
   (it caches False, so transformers never takes its torchvision paths) and stub modules
-  ``torchvision``, ``torchvision.transforms`` and ``torchvision.transforms.functional`` (the last
-  with an ``InterpolationMode`` enum) are registered in ``sys.modules``, each with a ``ModuleSpec``
+  ``torchvision``, ``torchvision.transforms``, ``torchvision.transforms.functional`` (with an
+  ``InterpolationMode`` enum), ``torchvision.transforms.v2[.functional]`` and ``torchvision.io``;
+  any other name read from them is a placeholder class whose use raises (0.5.17 imports
+  ``decode_jpeg`` and ``pil_to_tensor`` at module level) are registered in ``sys.modules``, each with a ``ModuleSpec``
   (sglang.md §2). Nothing of torchvision is ever executed by the scheduler classes.
 - :func:`publish_cpu_runtime`: SGLang 0.5.23's scheduler classes read process-wide config
   namespaces; off a real server they must be published first (else ``ValueError: config namespace
@@ -85,11 +87,14 @@ _PUBLISHED: str | None = None
 _MODEL_DIR: str | None = None
 
 
-def install_torchvision_standin() -> bool:
+def install_torchvision_standin(*, transformers_sees_it: bool = False) -> bool:
     """Register the torchvision stub modules if the real torchvision cannot be imported.
 
-    Returns True if the stand-in is (now or already) installed, False if the real package
-    imported. Idempotent.
+    ``transformers_sees_it``: make transformers' ``is_torchvision_available()`` answer True
+    instead of caching False. SGLang 0.5.17 registers image processors at import
+    (``configs/janus_pro.py``), which transformers refuses without torchvision; the stand-in
+    classes are never called by the scheduler. Returns True if the stand-in is (now or already)
+    installed, False if the real package imported. Idempotent.
     """
     global _STANDIN
     if _STANDIN:
@@ -102,10 +107,13 @@ def install_torchvision_standin() -> bool:
     except Exception:  # ImportError, or RuntimeError "operator torchvision::nms does not exist"
         for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
             del sys.modules[name]
-    try:  # make transformers cache "no torchvision" before the stubs exist
+    try:  # make transformers cache "no torchvision" before the stubs exist (0.5.23 recipe)
         from transformers.utils import import_utils
 
-        import_utils.is_torchvision_available()
+        if transformers_sees_it:
+            _transformers_sees_torchvision(import_utils)
+        else:
+            import_utils.is_torchvision_available()
     except Exception:
         pass
 
@@ -118,35 +126,109 @@ def install_torchvision_standin() -> bool:
         HAMMING = "hamming"
         LANCZOS = "lanczos"
 
+    def _unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("torchvision is a stand-in here (CPU torch): image decoding is unavailable")
+
+    def _missing(modname: str) -> Any:
+        def __getattr__(attr: str) -> Any:  # any other name: a class whose use raises
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return type(attr, (), {"__init__": _unavailable, "__module__": modname})
+
+        return __getattr__
+
     mods = {}
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+    names = (
+        "torchvision",
+        "torchvision.transforms",
+        "torchvision.transforms.functional",
+        "torchvision.transforms.v2",
+        "torchvision.transforms.v2.functional",
+        "torchvision.io",
+    )
+    for name in names:
         m = types.ModuleType(name, "prefixsched stand-in: the real torchvision needs CUDA torch")
-        m.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=name != "torchvision.transforms.functional")
-        if name != "torchvision.transforms.functional":
+        pkg = name in ("torchvision", "torchvision.transforms", "torchvision.transforms.v2")
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=pkg)
+        if pkg:
             m.__path__ = []
+        m.__getattr__ = _missing(name)  # type: ignore[attr-defined]
         mods[name] = m
         sys.modules[name] = m
     mods["torchvision.transforms.functional"].InterpolationMode = InterpolationMode  # type: ignore[attr-defined]
     mods["torchvision.transforms"].InterpolationMode = InterpolationMode  # type: ignore[attr-defined]
     mods["torchvision.transforms"].functional = mods["torchvision.transforms.functional"]  # type: ignore[attr-defined]
     mods["torchvision"].transforms = mods["torchvision.transforms"]  # type: ignore[attr-defined]
+    mods["torchvision"].io = mods["torchvision.io"]  # type: ignore[attr-defined]
+    mods["torchvision"].__version__ = "0.0.0+prefixsched.standin"  # type: ignore[attr-defined]
+    mods["torchvision.transforms"].v2 = mods["torchvision.transforms.v2"]  # type: ignore[attr-defined]
+    mods["torchvision.transforms.v2"].functional = mods["torchvision.transforms.v2.functional"]  # type: ignore[attr-defined]
+    io = mods["torchvision.io"]
+    io.decode_jpeg = io.decode_image = io.read_image = _unavailable  # type: ignore[attr-defined]
+    io.ImageReadMode = enum.Enum("ImageReadMode", "UNCHANGED GRAY GRAY_ALPHA RGB RGB_ALPHA")  # type: ignore[attr-defined]
     _STANDIN = True
     return True
 
 
-def sglang_version() -> str | None:
-    """The version of the SGLang code importable here, or None if there is none (no import of
-    the heavy ``sglang.srt`` packages)."""
-    try:
-        from sglang.version import __version__  # type: ignore[import-not-found]
-    except Exception:
-        try:
-            from importlib import metadata
+def _transformers_sees_torchvision(import_utils: Any) -> None:
+    """Make transformers answer "torchvision is available" everywhere it asks (the lru-cached
+    predicate, the ``_is_package_available`` probe and the backends table)."""
 
-            return metadata.version("sglang")
-        except Exception:
-            return None
-    return str(__version__)
+    def yes() -> bool:
+        return True
+
+    orig = import_utils.is_torchvision_available
+    import_utils.is_torchvision_available = yes
+    if hasattr(import_utils, "is_torchvision_v2_available"):
+        import_utils.is_torchvision_v2_available = yes
+    mapping = getattr(import_utils, "BACKENDS_MAPPING", None)
+    if isinstance(mapping, dict):
+        for k, v in list(mapping.items()):
+            if isinstance(v, tuple) and v and v[0] is orig:
+                mapping[k] = (yes, *v[1:])
+    for mod in list(sys.modules.values()):  # stale `from ... import is_torchvision_available`
+        if getattr(mod, "is_torchvision_available", None) is orig:
+            try:
+                mod.is_torchvision_available = yes  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):
+                pass
+
+
+def sglang_version() -> str | None:
+    """The version of the SGLang code importable here, or None if there is none.
+
+    Read from the package's ``_version.py`` found on ``sys.path`` without importing ``sglang``
+    (0.5.17's ``sglang/__init__.py`` already imports torchvision), else from an imported
+    ``sglang.version``, else from the installed distribution's metadata.
+    """
+    import importlib.util
+    import re
+
+    mod = sys.modules.get("sglang")
+    try:
+        spec = importlib.util.find_spec("sglang") if mod is None else mod.__spec__
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(getattr(spec, "submodule_search_locations", None) or []) if spec is not None else []
+    for loc in locations:
+        path = os.path.join(loc, "_version.py")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                m = re.search(r"""^__version__\s*=\s*(?:version\s*=\s*)?['"]([^'"]+)['"]""", fh.read(), re.M)
+        except OSError:
+            continue
+        if m:
+            return m.group(1)
+    if "sglang.version" in sys.modules:
+        return str(sys.modules["sglang.version"].__version__)
+    if spec is None:
+        return None
+    try:
+        from importlib import metadata
+
+        return metadata.version("sglang")
+    except Exception:
+        return None
 
 
 def check_version(version: str | None) -> tuple[bool, str]:
@@ -177,7 +259,7 @@ def import_sglang(*, standin: bool = True) -> tuple[types.ModuleType, str]:
     if version is None:
         raise SGLangUnavailable("SGLang is not installed (pip install 'prefixsched[sglang]' and sglang)")
     if standin:
-        install_torchvision_standin()
+        install_torchvision_standin(transformers_sees_it=version == "0.5.17")
     try:
         import sglang
 

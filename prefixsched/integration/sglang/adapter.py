@@ -51,8 +51,9 @@ Requests as the policies see them
 the request first joined the waiting queue, ``prompt`` a read-only view of
 ``req.origin_input_ids`` and ``output_len`` = ``sampling_params.max_new_tokens`` (the real output
 length is unknown before the request finishes; exact under ``ignore_eos``). FCFS order is
-``(arrival, seq)`` with ``seq`` the order of first arrival at this scheduler; a retracted request
-keeps both. LPM order is ``(-cached_tokens, arrival, seq)``.
+``(arrival, seq)`` with ``seq`` the order of entry into this scheduler's queue; a retracted or
+preempted request re-queued goes to the back, as in SGLang's own queue (its arrival becomes the
+re-queue time, :meth:`PolicyDriver.requeue`). LPM order is ``(-cached_tokens, arrival, seq)``.
 
 Running requests are ``running_batch.reqs`` plus the scheduler's chunked request, minus finished
 ones. ``snap.now`` is the driver's clock (seconds since the driver was created, or the twin
@@ -77,6 +78,7 @@ __all__ = [
     "client_of",
     "peek_prefix_len",
     "prefix_len_of",
+    "extend_len_of",
     "PolicyDriver",
     "SGLangSnapshot",
     "AdderBatchBuilder",
@@ -110,6 +112,16 @@ def prefix_len_of(req: Any) -> int:
         return v
     idx = getattr(req, "prefix_indices", None)
     return 0 if idx is None else len(idx)
+
+
+def extend_len_of(req: Any) -> int:
+    """Tokens the request prefills in its current round (``req.extend_len`` in 0.5.23,
+    ``req.extend_range.length`` in 0.5.17)."""
+    v = getattr(req, "extend_len", None)
+    if isinstance(v, int):
+        return v
+    rng = getattr(req, "extend_range", None)
+    return 0 if rng is None else int(rng.length)
 
 
 def _max_new_tokens(req: Any) -> int:
@@ -581,6 +593,7 @@ class PolicyDriver:
         self.requeues = 0
         self.peek_mode: str | None = None
         self._known: dict[str, _Arrival] = {}
+        self._seq = -1
         self.client_rank: dict[str, int] = {}
         self.passes: list[PassRecord] = []
         self.states: list[tuple[int, dict[str, Any]]] = []
@@ -622,7 +635,7 @@ class PolicyDriver:
             prompt=_Tokens(req.origin_input_ids),  # type: ignore[arg-type]
             output_len=_max_new_tokens(req),
         )
-        a = _Arrival(request, len(self._known), req)
+        a = _Arrival(request, self._next_seq(), req)
         self._known[request.id] = a
         return a
 
@@ -651,14 +664,35 @@ class PolicyDriver:
 
     # -- the three policy calls --------------------------------------------------------------
 
+    def requeue(self, req: Any) -> None:
+        """``req`` (known) re-entered the waiting queue after a retraction or a preemption. It is
+        not an arrival for the policy; its FCFS position moves to the back, as in SGLang's queue
+        (``_add_request_to_queue`` re-stamps ``wait_queue_entry_time``): the snapshot's
+        ``request.arrival`` becomes the re-queue time and ``seq`` a fresh number."""
+        self.requeues += 1
+        a = self._known.get(req.rid)
+        if a is None:
+            self._register(req)
+            return
+        r = a.request
+        self._known[r.id] = _Arrival(
+            Request(r.id, r.client, float(self.clock()), r.prompt, r.output_len),  # type: ignore[misc]
+            self._next_seq(),
+            req,
+        )
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def on_arrival(self, scheduler: Any, req: Any) -> bool:
         """``req`` has just been appended to ``scheduler.waiting_queue``. A request id seen before
-        (a retracted or preempted request re-queued) is not an arrival (decision). Returns True if
-        the policy's ``on_arrival`` ran."""
+        (a retracted or preempted request re-queued) is not an arrival (decision; see
+        :meth:`requeue`). Returns True if the policy's ``on_arrival`` ran."""
         if not self.active:
             return False
         if req.rid in self._known:
-            self.requeues += 1
+            self.requeue(req)
             return False
         try:
             a = self._register(req)
@@ -714,7 +748,7 @@ class PolicyDriver:
             admitted=admitted,
             decision=ids,
             chunked=None if chunked is None else str(chunked.rid),
-            chunk_len=None if chunked is None else int(chunked.extend_len if hasattr(chunked, "extend_len") else 0),
+            chunk_len=None if chunked is None else extend_len_of(chunked),
             cache_hits=hits,
             results=list(b.results) if b is not None else [],
             state=self.policy.state(),

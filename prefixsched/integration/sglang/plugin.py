@@ -44,7 +44,7 @@ Hooks (``HookRegistry``, all ``AROUND``; targets in ``python/sglang/``)
   aborts on entry -- priority validation, ``--max-queued-requests`` -- is not an arrival).
   Retracted (``is_retracted=True``) and preempted requests re-queued under an id seen before are
   not arrivals (decision: their client's backlog never emptied, so VTC's lift and DLPM's rejoin
-  reset must not fire).
+  reset must not fire); they go to the back of the FCFS order, as in SGLang's queue.
 - ``Scheduler.process_batch_result``: charging. The output tokens each client's requests gained
   while SGLang processed the batch (``len(req.output_ids)`` before and after: one per decoding
   request, the first token of each request whose prefill completed, none for a middle chunk) and
@@ -221,7 +221,7 @@ def _register() -> None:
     role = _calling_process_role()
     if role == "detokenizer":
         return
-    install_torchvision_standin()
+    install_torchvision_standin(transformers_sees_it=version == "0.5.17")
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     hooks: list[tuple[str, Any]] = []
@@ -403,7 +403,7 @@ def _hook_add_request(orig: Any, self: Any, req: Any, *args: Any, **kwargs: Any)
         q = self.waiting_queue
         if q and q[-1] is req:
             if is_retracted:
-                d.requeues += 1
+                d.requeue(req)
             else:
                 d.on_arrival(self, req)
     except Exception as e:  # noqa: BLE001

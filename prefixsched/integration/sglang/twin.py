@@ -17,8 +17,11 @@ class at call time (so the plugin's hooks, once applied, run inside them). What 
   ``SchedulerBatchResultProcessor.process_batch_result_prefill`` / ``_decode`` (output tokens,
   ``update_finish_state``, ``release_kv_cache``, ``checkpoint_kv_cache``).
 
-The forward pass is replaced: next tokens are synthetic ids unique to each request (``2**40 +
-counter``, so outputs never create prefix matches), and the clock advances by the cost model:
+The forward pass is replaced: next tokens are synthetic ids cycling through the model's vocabulary
+(``1 + counter mod (vocab - 2)``; 0.5.17 finishes a request whose token is outside the vocabulary),
+so an output can only create a prefix match for a prompt that contains another request's whole
+prompt followed by that same token (the workloads here never do), and the clock advances by the
+cost model:
 an extend batch takes ``cost.prefill_time(sum_r weighted_extend(extend_len_r, prompt_len_r))``, a
 decode batch ``cost.decode_time(n, sum_r (prompt_len_r + generated_r))`` (SGLang runs prefill and
 decode as separate forward passes; ``--enable-mixed-chunk`` is off). Requests with ``arrival <=
@@ -46,7 +49,7 @@ from typing import Any
 
 from prefixsched.errors import InputError
 from prefixsched.integration.sglang._shim import import_sglang, publish_cpu_runtime
-from prefixsched.integration.sglang.adapter import PolicyDriver, prefix_len_of
+from prefixsched.integration.sglang.adapter import PolicyDriver, extend_len_of, prefix_len_of
 from prefixsched.reference.policies import create as create_policy
 from prefixsched.reference.policies.base import Policy
 from prefixsched.theory.model import BlockPrompt, Instance, Request
@@ -82,8 +85,6 @@ NOT_EXECUTED: dict[str, str] = {
     "PrefillDelayer / DynamicChunkSizer / priority preemption / LoRA / HiCache / overlap scheduling": "off "
     "(server defaults for one GPU without those flags)",
 }
-
-_SYNTH_BASE = 1 << 40
 
 
 class _Null:
@@ -130,7 +131,7 @@ _FORWARDED = (
     "_set_or_validate_priority",
     "_abort_on_queued_limit",
     "_prefetch_kvcache",
-    "get_prefill_adder_class",
+    "get_prefill_adder_class",  # 0.5.23 only (0.5.17 builds PrefillAdder by name)
     "process_batch_result",
     "stash_chunked_request",
     "process_pending_chunked_abort",
@@ -138,6 +139,8 @@ _FORWARDED = (
     "_should_defer_prefill",
     "_arm_prefill_decode_interval",
     "_reqs_finishing_inflight",
+    "_abort_on_waiting_timeout",  # 0.5.17 (no-op unless SGLANG_REQ_WAITING_TIMEOUT is set)
+    "_abort_on_running_timeout",  # 0.5.17
 )
 
 
@@ -227,10 +230,23 @@ class CPUScheduler:
         self.chunked_prefill_size = chunked_prefill_size
         self.schedule_policy = schedule_policy
         self.policy = SchedulePolicy(schedule_policy, self.tree_cache, False, False, False)
-        self.new_token_ratio_tracker = NewTokenRatioTracker.from_config()
-        self.model_config = ModelConfig.from_server_args(
-            ServerArgs(model_path=_shim._PUBLISHED, device="cpu", skip_tokenizer_init=True)
+        self.server_args = ServerArgs(
+            model_path=_shim._PUBLISHED,
+            device="cpu",
+            skip_tokenizer_init=True,
+            chunked_prefill_size=cps,
+            max_prefill_tokens=max_prefill_tokens,
+            max_running_requests=max_running_requests,
+            schedule_policy=schedule_policy,
+            schedule_conservativeness=schedule_conservativeness,
+            page_size=page_size,
+            pp_max_micro_batch_size=max_running_requests,
         )
+        if hasattr(NewTokenRatioTracker, "from_config"):  # 0.5.23
+            self.new_token_ratio_tracker = NewTokenRatioTracker.from_config()
+        else:  # 0.5.17
+            self.new_token_ratio_tracker = NewTokenRatioTracker.from_server_args(self.server_args)
+        self.model_config = ModelConfig.from_server_args(self.server_args)
         self.spec_algorithm = SpeculativeAlgorithm.from_string(None)
         self.disaggregation_mode = DisaggregationMode.NULL
         self.waiting_queue: list[Any] = []
@@ -244,7 +260,7 @@ class CPUScheduler:
             "enable_priority_scheduling", "enable_hierarchical_cache", "enable_unified_cache_external_linker",
             "enable_lmcache", "enable_overlap", "is_mixed_chunk", "enable_hisparse", "require_mlp_sync",
             "enable_skip_finishing_decode", "abort_on_priority_when_disabled", "enable_fpm",
-            "schedule_low_priority_values_first",
+            "schedule_low_priority_values_first", "enable_dynamic_chunking",
         ):
             setattr(self, name, False)
         self.min_free_slots_delayer = None
@@ -283,7 +299,9 @@ class CPUScheduler:
         self.metrics_reporter.enable_metrics = False
         self.output_streamer = null
         self.future_map = null
-        self.batch_result_processor = SchedulerBatchResultProcessor(
+        self.batch_result_processor = _build(
+            SchedulerBatchResultProcessor,
+            server_args=self.server_args,
             is_generation=True,
             disaggregation_mode=self.disaggregation_mode,
             enable_overlap=False,
@@ -319,6 +337,14 @@ class CPUScheduler:
 
     def send_abort_output(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+def _build(cls: type, **kwargs: Any) -> Any:
+    """``cls(**kwargs)`` keeping only the fields this SGLang version's dataclass declares."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in kwargs.items() if k in names})
 
 
 def _forward(name: str) -> Callable[..., Any]:
@@ -398,7 +424,7 @@ def _tokens_of(r: Request) -> list[int]:
     return list(p)
 
 
-def _make_req(r: Request) -> Any:
+def _make_req(r: Request, vocab_size: int) -> Any:
     from array import array
 
     from sglang.srt.managers.schedule_batch import Req
@@ -411,7 +437,7 @@ def _make_req(r: Request) -> Any:
     if "routing_key" in params:
         kwargs["routing_key"] = r.client
     if "vocab_size" in params:
-        kwargs["vocab_size"] = None
+        kwargs["vocab_size"] = vocab_size
     req = Req(r.id, "", array("q", _tokens_of(r)), sp, **kwargs)
     if "routing_key" not in params:
         req.routing_key = r.client
@@ -489,7 +515,8 @@ def run_twin(
     reqs = list(instance.requests)
     n = len(reqs)
     nxt = 0
-    synth = itertools.count(_SYNTH_BASE)
+    synth = itertools.count()
+    vocab = int(sched.model_config.vocab_size)
     steps: list[TwinStep] = []
     first_token: dict[str, float] = {}
     finish: dict[str, float] = {}
@@ -500,7 +527,7 @@ def run_twin(
         if max_steps is not None and len(steps) >= max_steps:
             break
         while nxt < n and reqs[nxt].arrival <= clock[0]:
-            sched._add_request_to_queue(_make_req(reqs[nxt]))
+            sched._add_request_to_queue(_make_req(reqs[nxt], vocab))
             nxt += 1
         prev_chunked = sched.chunked_req
         plan = sched.get_next_batch_to_run(sched.running_batch, sched.last_batch)
@@ -526,7 +553,7 @@ def run_twin(
         if is_extend:
             weighted = 0.0
             for r in batch.reqs:
-                weighted += cost.weighted_extend(int(r.extend_len), len(r.origin_input_ids))
+                weighted += cost.weighted_extend(extend_len_of(r), len(r.origin_input_ids))
                 if r is not prev_chunked:
                     admitted.append(str(r.rid))
                     hits[str(r.rid)] = prefix_len_of(r)
@@ -535,11 +562,11 @@ def run_twin(
             ctx = sum(len(r.origin_input_ids) + len(r.output_ids) for r in batch.reqs)
             dt = cost.decode_time(len(batch.reqs), ctx)
         chunked = sched.chunked_req
-        chunk_len = None if chunked is None else int(chunked.extend_len)
+        chunk_len = None if chunked is None else extend_len_of(chunked)
         import torch
         from sglang.srt.managers.utils import GenerationBatchResult
 
-        ids = torch.tensor([next(synth) for _ in batch.reqs], dtype=torch.int64)
+        ids = torch.tensor([1 + next(synth) % (vocab - 2) for _ in batch.reqs], dtype=torch.int64)
         result = GenerationBatchResult(next_token_ids=ids, can_run_cuda_graph=False)
         clock[0] = start + dt
         before_out = {r.rid: len(r.output_ids) for r in batch.reqs}
@@ -603,11 +630,13 @@ def _check_hooks() -> None:
     from sglang.srt.managers.scheduler import Scheduler
 
     names = {
-        "Scheduler.get_prefill_adder_class": Scheduler.get_prefill_adder_class,
+        "Scheduler._get_new_batch_prefill_raw": Scheduler._get_new_batch_prefill_raw,
         "Scheduler._add_request_to_queue": Scheduler._add_request_to_queue,
         "Scheduler.process_batch_result": Scheduler.process_batch_result,
         "SchedulePolicy.calc_priority": SchedulePolicy.calc_priority,
     }
+    if hasattr(Scheduler, "get_prefill_adder_class"):
+        names["Scheduler.get_prefill_adder_class"] = Scheduler.get_prefill_adder_class
     missing = [k for k, fn in names.items() if not hasattr(fn, "__wrapped__")]
     if missing:
         raise RuntimeError(
