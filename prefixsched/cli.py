@@ -9,6 +9,8 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
 - ``gap``: each policy's ratio to the proven optimum over many small instances.
 - ``reduce``: build the 3-PARTITION -> TTFT-feasibility reduction with its certificate.
 - ``family``: write a member of an adversarial instance family.
+- ``live``: drive a real SGLang server (the plugin's policies) and compare it with the bounds and
+  the simulator (:mod:`prefixsched.integration.live`).
 
 Errors in the input (a malformed trace line, an unknown policy, a bad value) print one line
 ``prefixsched: error: WHERE: FIELD: PROBLEM`` on stderr and exit with status 2, no traceback.
@@ -538,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int("--n"), default=8, help="size parameter of the family (default: %(default)s)")
     s.add_argument("--out", metavar="FILE", help="instance JSON (stdout if omitted)")
     s.set_defaults(func=cmd_family)
+
+    from prefixsched.integration.live.cli import add_parser as add_live_parser
+
+    add_live_parser(sub)  # `prefixsched live` (issue #10): code in prefixsched/integration/live/
     return p
 
 
