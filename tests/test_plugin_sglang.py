@@ -556,3 +556,35 @@ def test_plugin_suite_on_sglang_0517():
     )
     assert out.returncode == 0, out.stdout[-4000:]
     assert " passed" in out.stdout and " failed" not in out.stdout
+
+
+@pytest.mark.sglang
+def test_policy_file_switches_policies_on_one_server(sgl, tmp_path, monkeypatch, caplog):
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    from prefixsched.integration.sglang.twin import CPUScheduler
+
+    f = tmp_path / "policy"
+    f.write_text("vtc\n")
+    monkeypatch.setattr(plugin, "_CONFIG", plugin.read_config({"PREFIXSCHED_POLICY_FILE": str(f)}))
+    monkeypatch.setattr(plugin, "_AUTO_ATTACH", True)
+    sched = CPUScheduler(kv_capacity_tokens=2000, max_running_requests=4)
+
+    def arrive(rid):
+        sp = SamplingParams(max_new_tokens=2)
+        sp.normalize(None)
+        sched._add_request_to_queue(Req(rid, "", array("q", [1, 2, 3]), sp, routing_key="u"))
+        return plugin.driver_of(sched, create=False)
+
+    d = arrive("a")
+    assert d.active and d.policy.name == "vtc" and d.arrivals == 1
+    for spec, active, name in (("off", False, None), ("dlpm:100", True, "dlpm"), ("sglang:lpm", False, None), ("nope", False, None)):
+        f.write_text(spec)
+        os.utime(f, ns=(time_ns := __import__("time").time_ns(), time_ns + 1))
+        with caplog.at_level(logging.INFO, logger="prefixsched.sglang"):
+            d = arrive(f"r-{spec}")
+        assert d.active is active, (spec, d.off_reason)
+        if name:
+            assert d.policy.name == name and d.spec == spec
+    assert "holds 'nope'" in caplog.text

@@ -71,6 +71,12 @@ def add_parser(sub: Any) -> None:
         "SGLang's own; with --url: the policy the server runs (default: sglang:lpm when launching, none when attaching)",
     )
     s.add_argument("--url", default=None, help="attach to this server instead of launching one (default: launch)")
+    s.add_argument(
+        "--policy-file", default=None, metavar="FILE",
+        help="the attached server's PREFIXSCHED_POLICY_FILE: --policy is written into it first, so one server runs "
+        "several policies in turn (default: none)",
+    )
+    s.add_argument("--flush-cache", action="store_true", help="empty the server's prefix cache first (POST /flush_cache; default: off)")
     s.add_argument("--model", default="dummy-8b", help="model path, or dummy-8b: Llama-3.1-8B's shape with random weights (default: %(default)s)")
     s.add_argument("--port", type=int, default=0, help="port of the launched server (default: %(default)s = a free one)")
     s.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="extra launch_server argument, repeatable (e.g. --server-arg=--mem-fraction-static=0.85)")
@@ -142,6 +148,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         name=args.name,
         fit_attention=args.fit_attention,
+        policy_file=args.policy_file,
+        flush_cache=args.flush_cache,
     )
     bar = tqdm(total=len(inst.requests), desc=f"live {policy or ''}".strip(), unit="req", file=sys.stderr, disable=args.no_progress, leave=False)
     state = {"n": 0}

@@ -82,7 +82,7 @@ async def _probe(url: str, timeout_s: float) -> dict[str, Any]:
             async with s.get(url + "/health") as r:
                 if r.status != 200:
                     raise LiveRunError(f"server at {url} is not healthy: GET /health returned HTTP {r.status}")
-            for path in ("/get_server_info", "/server_info"):
+            for path in ("/server_info", "/get_server_info"):
                 try:
                     async with s.get(url + path) as r:
                         if r.status == 200:
@@ -95,6 +95,18 @@ async def _probe(url: str, timeout_s: float) -> dict[str, Any]:
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
         raise LiveRunError(f"server at {url} is unreachable: {type(e).__name__}: {e}") from None
     return info if isinstance(info, dict) else {}
+
+
+async def _flush(url: str, timeout_s: float) -> str | None:
+    aiohttp = _aiohttp()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+            async with s.post(url + "/flush_cache") as r:
+                if r.status == 200:
+                    return None
+                return f"POST /flush_cache returned HTTP {r.status}: {(await r.text())[:200]}"
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        return f"POST /flush_cache failed: {type(e).__name__}: {e}"
 
 
 def probe(url: str, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -218,6 +230,10 @@ async def _one(
         on_done()
 
 
+def _unsent(requests: Sequence[Request], time_scale: float) -> list[RequestResult]:
+    return [RequestResult(r.id, r.client, r.arrival * time_scale, r.prompt_len, r.output_len) for r in requests]
+
+
 async def drive(
     url: str,
     requests: Sequence[Request],
@@ -235,7 +251,7 @@ async def drive(
     aiohttp = _aiohttp()
     url = url.rstrip("/")
     shared = _Shared()
-    results = [RequestResult(r.id, r.client, r.arrival * time_scale, r.prompt_len, r.output_len) for r in requests]
+    results = _unsent(requests, time_scale)
     ids = [prompt_token_ids(r, vocab_size) for r in requests]
     total = len(requests)
 
@@ -277,8 +293,12 @@ def run_requests(
     progress: Callable[[int, int], None] | None = None,
     policy: str | None = None,
     probe_timeout_s: float = 10.0,
+    flush_cache: bool = False,
 ) -> LiveRun:
-    """:func:`probe` the server, then :func:`drive` the requests (one event loop).
+    """:func:`probe` the server, then :func:`drive` the requests (one event loop). With
+    ``flush_cache`` the server's prefix cache is emptied first (SGLang's ``POST /flush_cache``),
+    so runs of several policies on one server start from the same cold cache; a refusal is
+    recorded in ``server_info["flush_cache"]``.
 
     Raises
     ------
@@ -292,9 +312,12 @@ def run_requests(
         try:
             info = await _probe(url, probe_timeout_s)
         except LiveRunError as e:
-            results = [RequestResult(r.id, r.client, r.arrival * time_scale, r.prompt_len, r.output_len) for r in requests]
+            results = _unsent(requests, time_scale)
             e.run = LiveRun(url=url, policy=policy, time_scale=time_scale, results=results, partial=True, errors=[str(e)])
             raise
+        if flush_cache:
+            info = dict(info)
+            info["flush_cache"] = (await _flush(url, probe_timeout_s)) or "ok"
         return await drive(
             url,
             requests,

@@ -37,7 +37,10 @@ class LiveConfig:
     """What to run. ``url`` attaches to a running server; without it a server is launched
     (``model``: a path, or ``"dummy-8b"``; ``server_args``: extra ``launch_server`` flags).
     ``policy``: a prefixsched spec, or ``sglang:lpm`` / ``sglang:fcfs`` for SGLang's own policy
-    (with ``url``: the policy the server runs, used for the bound and the simulation)."""
+    (with ``url``: the policy the server runs, used for the bound and the simulation).
+    ``policy_file``: the server's ``PREFIXSCHED_POLICY_FILE``; the run writes ``policy`` into it
+    first (``off`` for ``sglang:*``), so one server runs several policies in turn; ``flush_cache``
+    empties its prefix cache before the run (so the policies start equal)."""
 
     policy: str | None = None
     url: str | None = None
@@ -53,6 +56,8 @@ class LiveConfig:
     name: str = "live"
     fit_attention: bool = False
     limits: Limits | None = None
+    policy_file: str | None = None
+    flush_cache: bool = False
 
     def validate(self) -> None:
         if not (self.time_scale > 0) or math.isinf(self.time_scale):
@@ -188,6 +193,8 @@ def run_live(
             launched = LaunchedServer(cmd, env=env, log_path=out_dir / f"{cfg.name}.server.log", port=port)
             launched.__enter__()
             url = launched.wait_ready(cfg.launch_timeout_s)
+        if cfg.policy_file is not None:
+            _set_policy_file(cfg.policy_file, cfg.policy)
         try:
             run = run_requests(
                 url,
@@ -197,6 +204,7 @@ def run_live(
                 read_timeout_s=cfg.read_timeout_s,
                 progress=progress,
                 policy=cfg.policy,
+                flush_cache=cfg.flush_cache,
             )
         except LiveRunError as e:
             e.result = _result(instance, cfg, e.run, {"profile": None, "service": None, "simulation": None})  # type: ignore[attr-defined]
@@ -205,6 +213,19 @@ def run_live(
         if launched is not None:
             launched.stop()
     return _result(instance, cfg, run, _analyse(instance, run, cfg))
+
+
+def _set_policy_file(path: str, policy: str | None) -> None:
+    """Write the policy the server's plugin should switch to (``off`` for SGLang's own), then
+    give the scheduler a moment (it re-reads the file on its next arrival or pass)."""
+    import time
+
+    from prefixsched._io import atomic_write
+
+    text = "off" if policy is None or policy.startswith("sglang:") else policy
+    with atomic_write(path) as fh:
+        fh.write(text + "\n")
+    time.sleep(0.2)
 
 
 def _result(instance: Instance, cfg: LiveConfig, run: LiveRun | None, analysis: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 ``/generate`` SSE format and serves tokens at the pace of a :class:`~prefixsched.theory.cost.CostModel`.
 
 Endpoints: ``POST /generate`` (the native API, ``input_ids`` in, ``output_ids`` out, as SGLang
-with ``--skip-tokenizer-init``), ``GET /health``, ``GET /get_server_info`` (its limits).
+with ``--skip-tokenizer-init``), ``GET /health``, ``GET /server_info`` and ``/get_server_info``
+(its limits), ``POST /flush_cache`` (empties the prefix cache when idle, as SGLang's).
 Listens on 127.0.0.1 only.
 
 Engine (a continuous-batching loop shaped like SGLang's, sglang.md §1.6): prefill and decode are
@@ -117,6 +118,8 @@ class StandInServer:
         app.router.add_post("/generate", self._generate)
         app.router.add_get("/health", self._health)
         app.router.add_get("/get_server_info", self._info)
+        app.router.add_get("/server_info", self._info)
+        app.router.add_post("/flush_cache", self._flush)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -135,6 +138,14 @@ class StandInServer:
         from aiohttp import web
 
         return web.Response(text="ok")
+
+    async def _flush(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if self.waiting or self.running:
+            return web.Response(status=400, text="cannot flush the cache: requests are in flight")
+        self.trie = _Trie()
+        return web.Response(text="Cache flushed.")
 
     async def _info(self, request: Any) -> Any:
         from aiohttp import web

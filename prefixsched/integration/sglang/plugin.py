@@ -24,6 +24,10 @@ inherited by the spawned ones)
     Optional path: one JSON line per pass that admitted something (step, admitted ids, chunked
     request, cache hits, ``policy.state()``); ``{pid}`` in the path is replaced by the process
     id, else ``.<pid>`` is appended (one file per scheduler process / TP rank).
+``PREFIXSCHED_POLICY_FILE``
+    Optional path of a text file holding a policy spec, re-read when it changes (one server,
+    several policies in turn; ``off`` / ``sglang:*`` = SGLang's own scheduling). Enables the
+    plugin even without ``PREFIXSCHED_POLICY``.
 ``PREFIXSCHED_DISPATCH``
     A dispatcher spec (``d2lpm:16000``) for SGLang's data-parallel controller
     (:mod:`prefixsched.integration.sglang.dp`).
@@ -111,6 +115,7 @@ class PluginConfig:
             raise
         self.default_client = (env.get("PREFIXSCHED_DEFAULT_CLIENT") or DEFAULT_CLIENT).strip() or DEFAULT_CLIENT
         self.state_log = (env.get("PREFIXSCHED_STATE_LOG") or "").strip() or None
+        self.policy_file = (env.get("PREFIXSCHED_POLICY_FILE") or "").strip() or None
         if self.spec:
             try:
                 create(self.spec, **self.params)  # validate now: unknown policy, bad parameters
@@ -210,7 +215,7 @@ def _register() -> None:
     except InputError as e:
         logger.error("prefixsched: %s; the plugin registers nothing, SGLang's own scheduler runs unchanged", e)
         return
-    if not cfg.spec and not cfg.dispatch:
+    if not cfg.spec and not cfg.dispatch and not cfg.policy_file:
         logger.info("prefixsched: PREFIXSCHED_POLICY and PREFIXSCHED_DISPATCH are unset; plugin idle")
         return
     version = sglang_version()
@@ -225,7 +230,7 @@ def _register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     hooks: list[tuple[str, Any]] = []
-    if cfg.spec:
+    if cfg.spec or cfg.policy_file:
         want = ["prefill_raw", "calc_priority", "arrival", "result"]
         if _resolvable(TARGETS["adder_class"]):
             want.insert(0, "adder_class")
@@ -307,18 +312,21 @@ def _open_state_log(path: str) -> Any:
 
 def driver_of(sched: Any, *, create: bool = True) -> PolicyDriver | None:
     """The :class:`PolicyDriver` of a scheduler (created on first use when the plugin is
-    configured with a policy); None when the plugin has no policy."""
+    configured with a policy or a policy file); None when the plugin has no policy. With
+    ``PREFIXSCHED_POLICY_FILE`` the file is checked on every call (:func:`_follow_policy_file`)."""
     d = sched.__dict__.get("_prefixsched_driver")
-    if d is None and create and _AUTO_ATTACH and _CONFIG is not None and _CONFIG.spec:
-        cfg = _CONFIG
+    cfg = _CONFIG
+    if d is None and create and _AUTO_ATTACH and cfg is not None and (cfg.spec or cfg.policy_file):
         try:
             log = _open_state_log(cfg.state_log) if cfg.state_log else None
         except OSError as e:
             logger.error("prefixsched: cannot open PREFIXSCHED_STATE_LOG %r: %s (no state log)", cfg.state_log, e)
             log = None
+        from prefixsched.reference.policies import create as create_policy
+
         d = PolicyDriver(
-            cfg.new_policy(),
-            spec=cfg.spec,
+            cfg.new_policy() if cfg.spec else create_policy("fcfs"),
+            spec=cfg.spec or "off",
             weights=cfg.weights,
             default_client=cfg.default_client,
             sglang_version=_VERSION or "0.5.23",
@@ -328,13 +336,19 @@ def driver_of(sched: Any, *, create: bool = True) -> PolicyDriver | None:
         if why is not None:
             d.active = False
             d.off_reason = f"unsupported: {why}"
+            d.unsupported = True  # type: ignore[attr-defined]
             logger.error(
                 "prefixsched: policy %s does not support %s; SGLang's own scheduler runs unchanged", cfg.spec, why
             )
+        elif not cfg.spec:
+            d.active = False
+            d.off_reason = "no policy yet (PREFIXSCHED_POLICY_FILE)"
         else:
             logger.info("prefixsched: policy %s drives this scheduler's admission", cfg.spec)
         sched.__dict__["_prefixsched_driver"] = d
     if d is not None:
+        if cfg is not None and cfg.policy_file and not getattr(d, "unsupported", False):
+            _follow_policy_file(d, cfg)
         pol = getattr(sched, "policy", None)
         if pol is not None and getattr(pol, "_prefixsched_driver", None) is not d:
             try:
@@ -342,6 +356,59 @@ def driver_of(sched: Any, *, create: bool = True) -> PolicyDriver | None:
             except AttributeError:  # pragma: no cover - a policy object with __slots__
                 pass
     return d
+
+
+NATIVE_WORDS = ("", "off", "native", "sglang")
+
+
+def _follow_policy_file(d: PolicyDriver, cfg: PluginConfig) -> None:
+    """``PREFIXSCHED_POLICY_FILE``: one policy spec (CLI syntax) in a text file, re-read when the
+    file changes (size or mtime), so one server runs several policies in turn (the GPU script
+    runs LPM, DLPM, VTC and k-LPM on one launch). ``off``, ``native``, ``sglang``, ``sglang:*``
+    or an empty file: SGLang's own scheduling. A switch gives a fresh policy object (counters
+    from zero); switch while the server is idle. A bad spec logs an error and runs native."""
+    path = cfg.policy_file
+    assert path is not None
+    try:
+        st = os.stat(path)
+        sig: Any = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        sig = None
+    if sig == getattr(d, "_file_sig", "unset"):
+        return
+    d._file_sig = sig  # type: ignore[attr-defined]
+    spec = ""
+    if sig is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                spec = fh.read().strip()
+        except OSError as e:
+            logger.error("prefixsched: cannot read PREFIXSCHED_POLICY_FILE %r: %s; native scheduling", path, e)
+    if spec in NATIVE_WORDS or spec.startswith("sglang:"):
+        d.active = False
+        d.off_reason = f"native scheduling ({spec or 'empty policy file'})"
+        d.spec = spec or "off"
+        logger.info("prefixsched: policy file %s: SGLang's own scheduling", path)
+    else:
+        from prefixsched.reference.policies import create as create_policy
+
+        try:
+            pol = create_policy(spec, **cfg.params)
+        except Exception as e:  # noqa: BLE001
+            d.active = False
+            d.off_reason = f"bad policy file spec {spec!r}: {e}"
+            logger.error("prefixsched: policy file %s holds %r: %s; SGLang's own scheduling", path, spec, e)
+            return
+        d.policy = pol
+        d.spec = spec
+        d.active = True
+        d.off_reason = None
+        logger.info("prefixsched: policy file %s: policy %s drives admission from now on", path, spec)
+    if d.state_log is not None:
+        import json
+
+        d.state_log.write(json.dumps({"switch": d.spec, "step": d.step, "active": d.active}) + "\n")
+        d.state_log.flush()
 
 
 # ---------------------------------------------------------------------------------------------

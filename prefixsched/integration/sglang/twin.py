@@ -182,16 +182,16 @@ class CPUScheduler:
         if page_size != 1:
             raise InputError("page_size", f"the twin run supports page_size 1 only, got {page_size}")
         import_sglang()
-        cps = chunked_prefill_size if chunked_prefill_size else -1
-        publish_cpu_runtime(
+        knobs = dict(  # SGLang's ServerArgs fields of this stand-in (published and kept)
             pp_max_micro_batch_size=max_running_requests,
-            chunked_prefill_size=cps,
+            chunked_prefill_size=chunked_prefill_size if chunked_prefill_size else -1,
             max_prefill_tokens=max_prefill_tokens,
             max_running_requests=max_running_requests,
             schedule_policy=schedule_policy,
             schedule_conservativeness=schedule_conservativeness,
             page_size=page_size,
         )
+        publish_cpu_runtime(**knobs)
         import torch
         from sglang.srt.configs.model_config import ModelConfig
         from sglang.srt.disaggregation.utils import DisaggregationMode
@@ -230,18 +230,7 @@ class CPUScheduler:
         self.chunked_prefill_size = chunked_prefill_size
         self.schedule_policy = schedule_policy
         self.policy = SchedulePolicy(schedule_policy, self.tree_cache, False, False, False)
-        self.server_args = ServerArgs(
-            model_path=_shim._PUBLISHED,
-            device="cpu",
-            skip_tokenizer_init=True,
-            chunked_prefill_size=cps,
-            max_prefill_tokens=max_prefill_tokens,
-            max_running_requests=max_running_requests,
-            schedule_policy=schedule_policy,
-            schedule_conservativeness=schedule_conservativeness,
-            page_size=page_size,
-            pp_max_micro_batch_size=max_running_requests,
-        )
+        self.server_args = ServerArgs(model_path=_shim._PUBLISHED, device="cpu", skip_tokenizer_init=True, **knobs)
         if hasattr(NewTokenRatioTracker, "from_config"):  # 0.5.23
             self.new_token_ratio_tracker = NewTokenRatioTracker.from_config()
         else:  # 0.5.17
