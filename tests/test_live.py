@@ -186,6 +186,15 @@ def test_cli_attach_writes_json_plot_and_profile(tmp_path):
     d = json.loads(out.read_text())
     assert d["partial"] is False and d["run"]["summary"]["requests"]["ok"] == 40
     assert d["service"]["measured_gap"]["value"] > 0 and d["service"]["bound"] is None
+    curve = d["service"]["curve"]
+    assert curve["clients"] == ["c0", "c1", "c2"] or sorted(curve["clients"]) == ["c0", "c1", "c2"]
+    last = curve["cumulative"][-1]
+    assert len(curve["times_s"]) == len(curve["cumulative"]) and all(x > 0 for x in last)
+    assert curve["times_s"] == sorted(curve["times_s"])
+    want = {c: 0.0 for c in curve["clients"]}  # actual view: w_e * extend + w_q * output tokens
+    for r in d["run"]["requests"]:
+        want[r["client"]] += (r["prompt_len"] - r["cached_tokens"]) + 2 * r["output_tokens"]
+    assert dict(zip(curve["clients"], last)) == pytest.approx(want)
     cmp = d["simulation"]["comparison"]
     assert cmp["requests"] == 40 and cmp["ttft_p50_s"]["measured"] > 0 and cmp["output_throughput_tok_s"]["simulated"] > 0
     p = json.loads(prof.read_text())

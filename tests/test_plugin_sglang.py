@@ -189,6 +189,22 @@ def test_prefixsched_fcfs_admits_exactly_as_sglang_fcfs(sgl, kv):
 
 
 @pytest.mark.sglang
+def test_under_kv_pressure_the_only_difference_is_sglangs_waiting_prefix_touch(sgl, monkeypatch):
+    """With a small KV pool, SGLang 0.5.23's own fcfs differs from prefixsched's fcfs in one of
+    3,186 steps: its calc_priority matches (or every 32 passes touches) every waiting request's
+    prefix, which refreshes their LRU recency; the plugin's calc_priority is a no-op by design, so
+    a different prefix is evicted. With that touch switched off in SGLang, the two agree."""
+    from sglang.srt.mem_cache.radix_cache import RadixCache
+
+    inst = _small(kv=700, out=60)
+    ours = sgl.run_twin(inst, "fcfs", schedule_policy="fcfs")
+    monkeypatch.setattr(RadixCache, "supports_fast_match_prefix", lambda self: False, raising=False)
+    monkeypatch.setenv("SGLANG_ENABLE_WAITING_PREFIX_REFRESH", "0")
+    native = sgl.run_twin(inst, None, schedule_policy="fcfs")
+    assert len(ours.steps) > 1000 and _view(native) == _view(ours)
+
+
+@pytest.mark.sglang
 def test_klpm_endpoints_inside_sglang(sgl):
     """k-LPM with k=1 is FCFS and with k=inf is LPM (klpm.md), also when SGLang's adder decides."""
     inst = _small(kv=3000, seed=1)

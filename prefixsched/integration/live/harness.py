@@ -3,7 +3,8 @@
 :func:`run_live` returns (and :func:`write_outputs` writes atomically) one JSON object::
 
     {"config": {...}, "run": LiveRun.to_dict(), "profile": cost profile | None,
-     "service": {"measured_gap": ..., "bound": ..., "view": ...},
+     "service": {"view", "curve": per-client cumulative service over time (cost units, at most
+                 ~2000 points), "measured_gap", "bound", "within_bound"},
      "simulation": {"policy", "engine", "comparison": latency_comparison} | None,
      "partial": bool}
 
@@ -122,8 +123,15 @@ def _analyse(instance: Instance, run: LiveRun, cfg: LiveConfig) -> dict[str, Any
         view = view_bound["view"] if view_bound else "actual"
         times, clients, cum = compare.measured_service(run, fit.passes, instance.weights, view)
         gap = compare.max_service_gap_live(times, clients, cum, compare.backlog_intervals_live(run, fit.passes))
+        step = max(1, len(times) // 2000)  # at most ~2000 points in the JSON; the plot uses all
+        keep = list(range(0, len(times), step)) + ([len(times) - 1] if len(times) and (len(times) - 1) % step else [])
         out["service"] = {
             "view": view,
+            "curve": {
+                "clients": list(clients),
+                "times_s": [float(times[i]) for i in keep],
+                "cumulative": [[float(x) for x in cum[i]] for i in keep],
+            },
             "measured_gap": gap,
             "bound": view_bound,
             "within_bound": None if view_bound is None else bool(gap["value"] <= view_bound["value"]),
