@@ -9,6 +9,8 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
 - ``gap``: each policy's ratio to the proven optimum over many small instances.
 - ``reduce``: build the 3-PARTITION -> TTFT-feasibility reduction with its certificate.
 - ``family``: write a member of an adversarial instance family.
+- ``live``: drive a real SGLang server (the plugin's policies) and compare it with the bounds and
+  the simulator (:mod:`prefixsched.integration.live`).
 
 Conventions (every subcommand)
 ------------------------------
@@ -819,6 +821,10 @@ def build_parser() -> argparse.ArgumentParser:
     _output(s, "--json", "--out", dest="out", stdout=True,
             help="instance JSON to FILE ('-': stdout; --out is the same option) (default: stdout)")
     s.set_defaults(func=cmd_family)
+
+    from prefixsched.integration.live.cli import add_parser as add_live_parser
+
+    add_live_parser(sub)  # `prefixsched live` (issue #10): code in prefixsched/integration/live/
     return p
 
 

@@ -32,7 +32,6 @@ calibrated values from live runs replace them the same way.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 

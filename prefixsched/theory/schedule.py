@@ -82,7 +82,7 @@ from typing import Any
 import numpy as np
 
 from prefixsched.errors import CheckerError
-from prefixsched.theory.metrics import trace_arrays
+from prefixsched.theory.metrics import TraceArrays, trace_arrays
 from prefixsched.theory.model import BlockPrompt, Instance, Request, page_keys
 from prefixsched.theory.trace import Trace
 
