@@ -7,7 +7,7 @@ from the :data:`WORKLOADS` registry. Same name, parameters and seed -> identical
 Common decisions (all workloads)
 --------------------------------
 Prompts are :class:`~prefixsched.theory.model.BlockPrompt` with ``block_size = 32`` tokens (parameter
-``block_size``) and the default limits are ``Limits(page_size=block_size)``: the radix cache then works
+``block_size``) and the default limits use ``page_size = block_size`` (``default_limits(page_size=block_size)``): the radix cache then works
 on 32-token pages, so a 4k-token prefix is 128 page keys instead of 4,096 token keys (a tuple prompt
 at ``page_size = 1`` makes every match walk every token, too slow for thousands of multi-k-token
 prompts). 32 rather than 16 halves the key count again; the sharing lost is at most one partial page
@@ -59,6 +59,7 @@ import numpy as np
 from prefixsched.errors import InputError
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request
+from prefixsched.theory.profiles import default_limits, default_profile
 
 __all__ = ["WORKLOADS", "make_workload", "workload_params", "program_of", "DEFAULT_BLOCK_SIZE"]
 
@@ -555,7 +556,9 @@ def make_workload(
         requests of the same stream (module docstring; ``duration_s`` then only sets where the
         search for the window's end starts and does not change the result).
     limits, cost_model:
-        Default ``Limits(page_size=block_size)`` and ``CostModel()``.
+        Default: the default cost profile's (:func:`prefixsched.theory.profiles.default_limits` with
+        ``page_size=block_size``, and :func:`~prefixsched.theory.profiles.default_profile`'s cost
+        model: Llama-3.1-8B on one H100 with attention and KV-read costs).
     **kw:
         ``block_size`` (tokens per prompt block, default 32) and the workload's own parameters
         (:func:`workload_params`).
@@ -579,8 +582,8 @@ def make_workload(
         if k not in known:
             raise InputError(k, f"unknown parameter of workload {name!r} (known: {', '.join(sorted(known))})")
     if limits is None:
-        limits = Limits(page_size=block_size)
+        limits = default_limits(page_size=block_size)
     if cost_model is None:
-        cost_model = CostModel()
+        cost_model = default_profile().cost_model
     reqs = builder(clients=clients, seed=seed, n_requests=n_requests, block_size=block_size, **kw)
     return Instance(requests=tuple(reqs), cost_model=cost_model, limits=limits)
