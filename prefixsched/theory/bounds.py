@@ -99,6 +99,7 @@ __all__ = [
     "check_dlpm_thm_4_1",
     "check_dlpm_thm_4_2",
     "check_dlpm_thm_a1",
+    "check_dlpm_thm_a1_from_join",
     "check_dlpm_deficit_range",
     "check_dlpm_thm_a2_latency",
     "check_dlpm_accounting",
@@ -561,6 +562,58 @@ def check_dlpm_thm_a1(
     return BoundReport(
         "DLPM Thm A.1" + (" (printed max(Q_u,U))" if printed else " (sound Q_u+U)"), bound, worst,
         _holds(worst, bound), witness, checked, {"L_input": L, "M": m, "U": U, "Q_u": Q_u},
+    )
+
+
+def check_dlpm_thm_a1_from_join(
+    instance: Instance, trace: Trace, Q_u: float, *, M: int | None = None
+) -> BoundReport:
+    """Thm A.1's printed bound where its proof is sound: intervals that start when the client
+    joins or rejoins (dlpm.md §4).
+
+    The exact identity is ``W_i(t1,t2) = K_i*Q_u + q_i(t1) - q_i(t2)``; DLPM resets ``q_i`` to 0
+    when i joins, so from a join ``|W_i - K_i*Q_u| = |q_i(t2)| <= max(Q_u, U)`` (``q`` stays in
+    ``(-U, Q_u]``): the printed bound. In general only ``Q_u + U`` holds
+    (:func:`check_dlpm_thm_a1` with ``printed=False``). Scans, for every request that arrives while
+    its client has nothing waiting or running (a join), the backlogged period that starts there and
+    every step end ``t2`` in it: ``W`` from :func:`~prefixsched.theory.metrics.service_timeline`
+    (actual view, service of steps ending in ``(t1, t2]``), ``K`` from the logged
+    ``state()["refills"]`` (``record_states=True``).
+    """
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    bound = dlpm_thm_a1(Q_u, U)
+    times, clients, cum = service_timeline(trace, instance, "actual")
+    col = {c: k for k, c in enumerate(clients)}
+    refills = _states_at_steps(trace, "refills")
+    backlog = backlog_intervals(trace)
+    ends = np.asarray(trace.step_end)
+    worst, witness, checked = 0.0, {}, 0
+    for r, pending in zip(trace.requests, _pending_at_arrival(trace)):
+        if pending:
+            continue
+        periods = [p for p in backlog.get(r.client, []) if p[0] == r.arrival]
+        if not periods:
+            continue
+        t1, T1 = periods[0]
+        i0 = int(np.searchsorted(ends, t1, side="right"))  # steps ending after the join
+        i1 = int(np.searchsorted(ends, T1, side="right"))
+        if i1 <= i0:
+            continue
+        checked += 1
+        f = col[r.client]
+        W0 = cum[i0 - 1, f] if i0 > 0 else 0.0
+        K0 = float((refills[i0 - 1] or {}).get(r.client, 0)) if i0 > 0 else 0.0
+        K = np.array([float((refills[i] or {}).get(r.client, 0)) for i in range(i0, i1)])
+        X = np.abs((cum[i0:i1, f] - W0) - (K - K0) * Q_u)
+        j = int(np.argmax(X))
+        if X[j] > worst:
+            worst = float(X[j])
+            witness = {"client": r.client, "join": t1, "t2": float(ends[i0 + j]), "K": int(K[j] - K0)}
+    return BoundReport(
+        "DLPM Thm A.1 printed max(Q_u,U), from a join (q(t1) = 0)", bound, worst, _holds(worst, bound), witness,
+        checked, {"L_input": L, "M": m, "U": U, "Q_u": Q_u},
     )
 
 
