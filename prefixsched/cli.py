@@ -9,6 +9,7 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
 - ``gap``: each policy's ratio to the proven optimum over many small instances.
 - ``reduce``: build the 3-PARTITION -> TTFT-feasibility reduction with its certificate.
 - ``family``: write a member of an adversarial instance family.
+- ``check``: judge a policy of your own (``module:Class``) with the invariant suite.
 
 Errors in the input (a malformed trace line, an unknown policy, a bad value) print one line
 ``prefixsched: error: WHERE: FIELD: PROBLEM`` on stderr and exit with status 2, no traceback.
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from prefixsched import scenario_cli
 from prefixsched.errors import InputError, PrefixschedError, SolverLimitError
 
 DEFAULT_POLICIES = ("fcfs", "lpm", "k-lpm", "vtc", "dlpm")
@@ -135,7 +137,8 @@ def _load_input(args: argparse.Namespace):
         path = Path(args.trace)
         if not path.exists():
             raise InputError("--trace", f"no such file: {args.trace}")
-        inst = load_any(path, clients=args.clients, strategy=args.client_strategy, max_requests=args.max_requests)
+        strategy = scenario_cli.loader_strategy(args.client_strategy)
+        inst = load_any(path, clients=args.clients, strategy=strategy, max_requests=args.max_requests)
         source = {"trace": str(args.trace), "client_strategy": args.client_strategy}
     else:
         if args.workload not in workloads.WORKLOADS:
@@ -146,10 +149,12 @@ def _load_input(args: argparse.Namespace):
             args.workload, clients=args.clients, seed=args.seed, n_requests=args.max_requests
         )
         source = {"workload": args.workload}
-    return inst, source
+    return scenario_cli.apply(args, inst, source)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from prefixsched._io import atomic_write, write_json
     from prefixsched.reference.policies import create
     from prefixsched.reference.simulator import simulate
@@ -157,6 +162,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from prefixsched.theory.schedule import check_trace
 
     inst, source = _load_input(args)
+    from prefixsched.reference.scenarios import offered_load
+
+    offered = offered_load(inst, args.workers)
     specs = args.policy or list(DEFAULT_POLICIES)
     policies = [create(s, quantum=args.quantum, k=args.k, seed=args.seed) for s in specs]
     show = not args.no_progress and sys.stderr.isatty()
@@ -196,11 +204,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         check_trace(inst, trace)  # every schedule is replayed by the independent checker
-        summary = summarize(trace, inst.weights)
+        summary = summarize(trace, inst, window_s=args.jain_window)
         results.append({"policy": spec, "params": trace.policy, "summary": summary})
         traces.append(trace)
 
-    headers = ["policy", "tok/s", "hit rate", "TTFT P50 s", "TTFT P99 s", "Jain", "max gap"]
+    headers = ["policy", "tok/s", "hit rate", "TTFT P50 s", "TTFT P99 s", "Jain whole", "max gap",
+               "Jain win mean", "Jain win min", "gap/VTC bound"]
     rows = []
     for r in results:
         s = r["summary"]
@@ -213,6 +222,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 s["ttft_p99"],
                 s["jain"],
                 s["max_service_gap"]["value"],
+                *scenario_cli.row_extras(s),
             ]
         )
     n_clients = len(inst.clients)
@@ -225,16 +235,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         + (f", workers={D}, dispatch={results[0]['dispatcher']['name'] if results else dispatch_spec}" if D > 1 else ""),
         file=report,
     )
+    print(scenario_cli.load_line(offered), file=report)
     print(_table(headers, rows), file=report)
     print(
-        "tok/s: (prompt+output) tokens per second; hit rate: cached/prompt tokens; Jain: over the window "
-        "where all clients are active (client-view service rate); max gap: largest service gap "
+        "tok/s: (prompt+output) tokens per second; hit rate: cached/prompt tokens; Jain whole: one Jain's index "
+        "over the whole window where all clients are active (client-view service rate); max gap: largest service gap "
         "(w_e*extend + w_q*output) between two continuously backlogged clients.",
         file=report,
     )
+    print(scenario_cli.legend(args.jain_window), file=report)
+    if args.per_client:
+        print(scenario_cli.per_client_report(results, _table), file=report)
     out = {
         "input": {**source, "requests": len(inst.requests), "clients": list(inst.clients), "seed": args.seed,
-                  **({"workers": D, "dispatch": dispatch_spec} if D > 1 else {})},
+                  **({"workers": D, "dispatch": dispatch_spec} if D > 1 else {}),
+                  "offered_load": offered, "cost_model": asdict(inst.cost_model), "limits": asdict(inst.limits)},
         "results": results,
     }
     if args.json is not None:
@@ -439,8 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--clients", type=_positive_int("--clients"), default=8, help="number of clients (default: %(default)s)")
     s.add_argument(
-        "--client-strategy", default="family", choices=["family", "round-robin", "field"],
-        help="how trace requests map to clients (default: %(default)s: one client per conversation family, folded onto --clients by a stable hash)",
+        "--client-strategy", default="family", metavar="family|round-robin|field|zipf:ALPHA|heavy:K:SHARE",
+        help="how requests map to --clients clients (default: %(default)s: one client per conversation family, folded "
+        "onto --clients by a stable hash; zipf:ALPHA and heavy:K:SHARE skew the demand, see "
+        "prefixsched.reference.scenarios; on a workload only zipf, heavy and round-robin re-assign its clients)",
     )
     s.add_argument("--seed", type=_nonneg_int("--seed"), default=0, help="seed of the workload and of randomised policies (default: %(default)s)")
     s.add_argument("--quantum", type=_positive_float("--quantum"), default=None, help="DLPM quantum Q_u in cost units (policy default if omitted)")
@@ -463,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--q-w", type=_positive_float("--q-w", allow_inf=True), default=None,
         help="D2LPM worker quantum Q_w in cost units, or 'inf' (dispatcher default if omitted)",
     )
+    scenario_cli.add_simulate_options(s)
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("policies", help="list the policy registry", description="List every registered policy (built-in and entry-point plugins).")
@@ -538,6 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int("--n"), default=8, help="size parameter of the family (default: %(default)s)")
     s.add_argument("--out", metavar="FILE", help="instance JSON (stdout if omitted)")
     s.set_defaults(func=cmd_family)
+
+    from prefixsched import check_cli
+
+    check_cli.add_parser(sub, _positive_int, _nonneg_int)
     return p
 
 
