@@ -103,9 +103,12 @@ def apply(args: argparse.Namespace, inst: Any, source: dict[str, Any]) -> tuple[
     strategy = args.client_strategy
     from_trace = args.trace is not None
     instance_file = from_trace and Path(args.trace).suffix == ".json"
-    kind, _ = sc.parse_client_strategy(strategy)
+    kind = loader_strategy(strategy) and sc.parse_client_strategy(strategy)[0]
     if kind in ("zipf", "heavy") or (not from_trace and kind == "round-robin"):
-        inst = sc.assign_clients(inst, strategy, args.clients)
+        try:
+            inst = sc.assign_clients(inst, strategy, args.clients)
+        except InputError as e:
+            raise InputError("--client-strategy" if e.field == "client_strategy" else e.field, e.problem) from None
         source["client_strategy"] = strategy
     if args.misbehave is not None:
         pattern, num, client = sc.parse_misbehave(args.misbehave)

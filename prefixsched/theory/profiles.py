@@ -236,8 +236,13 @@ class CostProfile:
         fitted = d.get("fitted")
         if fitted is not None and not isinstance(fitted, dict):
             raise InputError(f"{where}.fitted", f"must be a JSON object or null, got {type(fitted).__name__}")
-        cost = CostModel.from_dict(d["cost_model"], f"{where}.cost_model")
-        limits = Limits.from_dict(d.get("limits", {}), f"{where}.limits")
+        try:
+            cost = CostModel.from_dict(d["cost_model"], f"{where}.cost_model")
+            limits = Limits.from_dict(d.get("limits", {}), f"{where}.limits")
+        except InputError as e:  # validate() names "cost_model.X" / "limits.X" whatever the context
+            if e.field.startswith(where):
+                raise
+            raise InputError(f"{where}.{e.field}", e.problem) from None
         return CostProfile(name=name, cost_model=cost, limits=limits, source=source, fitted=fitted)
 
     def save(self, path: str | os.PathLike[str]) -> None:
