@@ -28,18 +28,22 @@ Parameters (dlpm.md §1)
     admitted, so prefixsched reads it as **output tokens one running batch can still produce**.
     *Decision:* two values are offered and each check documents its default.
 
-    - :func:`kv_batch_tokens` ``= kv_capacity_tokens``, the literal reading (and the value
-      :mod:`prefixsched.reference.policies.dlpm` documents). **Default of the VTC checks**: VTC's
-      ``max`` form needs it. Its proof charges a request's prompt *and* the outputs still to come
-      against the same memory (``w_e*L_input + w_q*outputs <= w_q*M`` when ``w_q >= w_e`` and
-      prompt + outputs fit in ``M``); with an output-only ``M`` the max form is false
+    - :func:`kv_batch_tokens` ``= kv_capacity_tokens``, the batch token capacity: the literal
+      reading, under which VTC's theorem is stated. **Default of the VTC checks** and of VTC's bound
+      for every policy (:func:`prefixsched.theory.metrics.gap_bounds`). VTC's ``max`` form holds
+      with it: its proof charges a request's prompt *and* the outputs still to come against the
+      same memory (``w_e*L_input + w_q*outputs <= w_q*M`` when ``w_q >= w_e`` and prompt + outputs
+      fit in ``M``). What fails is an output-only reading of ``M``, not the theorem
       (counterexample in ``papers/dlpm/bounds_findings.md``).
     - :func:`batch_output_capacity` ``= min(kv_capacity_tokens, sum of the
       max_running_requests largest output_len)``, output tokens only. **Default of the DLPM
       checks**: DLPM's ``U`` already adds ``w_e*L_input``, and Thm A.1's induction only needs
       ``M`` to bound the decode charge of the requests already running, which this does (the
       simulator reserves every running request's full output in the KV pool and runs at most
-      ``max_running_requests`` requests). Tighter, so the checks are more sensitive.
+      ``max_running_requests`` requests). Tighter, so the checks are more sensitive; it is also
+      the ``M`` that :mod:`prefixsched.reference.policies.dlpm` documents for its invariant.
+      (An engine that does not reserve whole outputs, such as SGLang's ``new_token_ratio``
+      admission with retraction, needs this argument redone.)
 
     Pass ``M=`` to any check to override.
 ``U``
@@ -256,8 +260,10 @@ def dlpm_thm_a1(Q_u: float, U: float) -> float:
     ``K_i`` times in it satisfies ``|W_i(t1,t2) - K_i * Q_u| <= max(Q_u, U)`` (cost units).
 
     Proof gap: with ``q_i in (-U, Q_u]`` the exact identity is
-    ``W_i = K_i*Q_u + q_i(t1) - q_i(t2)``, which only gives ``< Q_u + U``; the printed
-    ``max(Q_u, U)`` drops ``q_i(t1)``. See ``papers/dlpm/bounds_findings.md`` for the empirical test.
+    ``W_i = K_i*Q_u + q_i(t1) - q_i(t2)``. The printed ``max(Q_u, U)`` drops ``q_i(t1)``: it holds
+    when ``q_i(t1) = 0``, i.e. from the client's join or rejoin (:func:`check_dlpm_thm_a1_from_join`),
+    and in general only ``< Q_u + U`` does. See ``papers/dlpm/bounds_findings.md`` for the
+    empirical test.
     """
     return max(_positive("Q_u", Q_u, allow_zero=False), _positive("U", U))
 
