@@ -129,3 +129,19 @@ def test_plot_draws_the_worst_pair_against_the_vtc_envelope():
     ratio = gap_bounds(traces[0], inst)["vtc"]["ratio"]
     assert f"{ratio:.2f} x bound" in axes[2].get_legend().get_title().get_text()
     assert len(plot_simulation(inst, ["fcfs"], traces[:1], envelope=False).axes) == 2
+
+
+def test_cluster_summary_has_the_windowed_figures():
+    from prefixsched.reference.cluster import simulate_cluster
+    from prefixsched.theory.metrics import summarize_cluster
+
+    inst = _two_floods()
+    one = summarize(simulate(inst, create("vtc")), inst, window_s=60.0)
+    ct = simulate_cluster(inst, "vtc", "round-robin", workers=1)
+    s = summarize_cluster(ct)
+    assert s["gap_bounds"] is None
+    for k in ("jain_windowed", "jain_backlogged"):
+        assert s[k]["mean"] == pytest.approx(one[k]["mean"]) and s[k]["windows"] == one[k]["windows"]
+    assert s["per_client_table"] == one["per_client_table"]
+    two = summarize_cluster(simulate_cluster(inst, "vtc", "client-round-robin", workers=2))
+    assert sum(v["service_share"] for v in two["per_client_table"].values()) == pytest.approx(1.0)

@@ -732,6 +732,8 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     earliest last finish), and ``max_service_gap`` = the largest ``|W_f - W_g|`` over pairs
     backlogged (waiting on any worker) on a common interval, actual view: the premise scan of
     :func:`~prefixsched.theory.bounds.check_d2lpm_thm_5_1`. ``n_steps`` is the sum over workers.
+    Issue #9's ``jain_windowed`` / ``jain_backlogged`` (60 s windows, client view) use the
+    cluster-wide service curves, ``per_client_table`` the merged trace; ``gap_bounds`` is None.
     """
     from prefixsched.theory.bounds import check_d2lpm_thm_5_1  # imports this module: import here
 
@@ -743,6 +745,7 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     _, _, ta, tb = _active_window(arr)
     jain: dict[str, float | None] = {"client": None, "actual": None}
     reason = None
+    rates: dict[str, float] = {}
     if tb > ta:
         for view in ("client", "actual"):
             times, _names, cum = cluster_service_timeline(cluster_trace.traces, w, view, clients=arr.clients)
@@ -750,9 +753,24 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
             wa = ext[np.searchsorted(times, ta, side="right")]
             wb = ext[np.searchsorted(times, tb, side="right")]
             jain[view] = jain_index((wb - wa) / (tb - ta))
+            if view == "client":
+                rates = {c: float(r) for c, r in zip(arr.clients, (wb - wa) / (tb - ta))}
     else:
         reason = f"no window with all clients active: the earliest last finish {tb} is not after the latest first arrival {ta}"
     gap = check_d2lpm_thm_5_1(inst, cluster_trace, 1.0)  # only the scanned worst is used
+    # issue #9: windowed / backlogged Jain on the cluster-wide client-view service (every worker's
+    # step ends), clients and backlogs from the merged trace; per-client table from the merged trace
+    if len(arr.ids):
+        times, _n, cum = cluster_service_timeline(cluster_trace.traces, w, "client", clients=arr.clients)
+        ext = np.vstack([np.zeros((1, C)), cum])
+        extras = {
+            "jain_windowed": _windowed(arr, times, ext, JAIN_WINDOW_S, None, "client", backlogged=False),
+            "jain_backlogged": _windowed(arr, times, ext, JAIN_WINDOW_S, None, "client", backlogged=True),
+        }
+    else:
+        extras = {"jain_windowed": None, "jain_backlogged": None}
+    extras["per_client_table"] = per_client_table(arr, w, service_rates=rates)
+    extras["gap_bounds"] = None  # the single-worker bounds do not apply; see bounds.check_d2lpm_*
     return {
         "policy": cluster_trace.meta.get("local_policy", {}).get("name"),
         "dispatcher": cluster_trace.dispatcher,
@@ -771,6 +789,8 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
             "interval": list(gap.witness["interval"]) if gap.witness else None,
         },
         "per_client": per_client_totals(arr, w),
+        "jain_scope": "whole window in which every client is active (latest first arrival to earliest last finish)",
+        **extras,
     }
 
 
@@ -1022,7 +1042,12 @@ def demand_per_client(trace: Trace | TraceArrays, weights: ServiceWeights | Inst
     return {c: float(d[k]) for k, c in enumerate(arr.clients)}
 
 
-def per_client_table(trace: Trace | TraceArrays, weights: ServiceWeights | Instance | None = None) -> dict[str, dict[str, Any]]:
+def per_client_table(
+    trace: Trace | TraceArrays,
+    weights: ServiceWeights | Instance | None = None,
+    *,
+    service_rates: dict[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
     """One row per client (order of first appearance): what it asked for and what it got.
 
     - ``demand_share``: its share of the total client-view demand (:func:`demand_per_client`);
@@ -1033,14 +1058,16 @@ def per_client_table(trace: Trace | TraceArrays, weights: ServiceWeights | Insta
     - ``requests``, ``ttft_p50_s``, ``ttft_p99_s`` (:func:`request_latencies`, :func:`percentiles`),
       ``longest_wait_s`` (the longest time one of its requests waited from arrival to its first
       admission, seconds).
+
+    ``service_rates`` (client -> client-view service rate over that window) replaces the window's
+    rates computed from ``trace``'s own steps (a cluster's merged trace has none).
     """
     arr = _as_arrays(trace)
     w = _weights(weights)
     C = len(arr.clients)
     demand = demand_per_client(arr, w)
     tot = sum(demand.values())
-    ja = jain_over_active_window(arr, w, view="client")
-    rates = ja["rates"]
+    rates = service_rates if service_rates is not None else jain_over_active_window(arr, w, view="client")["rates"]
     rate_tot = sum(rates.values()) if rates else 0.0
     ttft = request_latencies(arr)["ttft"]
     wait = arr.admit - arr.arrival
