@@ -8,9 +8,9 @@ Common decisions (all workloads)
 --------------------------------
 Prompts are :class:`~prefixsched.theory.model.BlockPrompt` with ``block_size = 32`` tokens (parameter
 ``block_size``) and the default limits (the default cost profile's) use ``page_size = block_size``:
-the radix cache then works on 32-token pages, so a 4k-token prefix is 128 page keys instead of 4,096 token keys (a tuple prompt
-at ``page_size = 1`` makes every match walk every token, too slow for thousands of multi-k-token
-prompts). 32 rather than 16 halves the key count again; the sharing lost is at most one partial page
+the radix cache then works on 32-token pages, so a 4k-token prefix is 128 page keys instead of
+4,096 token keys (a tuple prompt at ``page_size = 1`` makes every match walk every token, too slow
+for thousands of multi-k-token prompts). 32 rather than 16 halves the key count again; the sharing lost is at most one partial page
 (< 32 tokens) per request, under 1 % of the 1-4k-token prefixes used here.
 
 A prompt is built by appending token runs to a context of blocks. A run appended to a context that
