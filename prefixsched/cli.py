@@ -209,7 +209,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         traces.append(trace)
 
     headers = ["policy", "tok/s", "hit rate", "TTFT P50 s", "TTFT P99 s", "Jain whole", "max gap",
-               "Jain win mean", "Jain win min", "gap/VTC bound"]
+               "Jain win mean", "Jain win min", "gap/VTC bound", "gap/DLPM bound"]
     rows = []
     for r in results:
         s = r["summary"]

@@ -162,16 +162,19 @@ def legend(window_s: float) -> str:
     return (
         f"Jain win mean/min: Jain's index of client-view service in sliding {window_s:g} s windows (clients with a "
         "request in the system), mean and minimum over the windows; gap/VTC bound: largest client-view service gap "
-        "between two backlogged clients over VTC's 2*max(w_e*L_input, w_q*M), M = KV pool (batch token capacity)."
+        "between two backlogged clients over VTC's 2*max(w_e*L_input, w_q*M), M = KV pool (batch token capacity); "
+        "gap/DLPM bound: the actual-view gap over DLPM Thm 4.1's 2(U + Q_u) (DLPM rows)."
     )
 
 
 def row_extras(summary: dict[str, Any]) -> list[Any]:
-    """The issue-#9 columns of the results table: windowed Jain mean/min, gap / VTC bound."""
+    """The issue-#9 columns of the results table: windowed Jain mean/min, gap / VTC bound, gap /
+    DLPM bound (DLPM rows only)."""
     jw = summary.get("jain_windowed") or {}
     gb = summary.get("gap_bounds") or {}
     vtc = gb.get("vtc") or {}
-    return [jw.get("mean"), jw.get("min"), vtc.get("ratio")]
+    dlpm = gb.get("dlpm") or {}
+    return [jw.get("mean"), jw.get("min"), vtc.get("ratio"), dlpm.get("ratio")]
 
 
 def per_client_report(results: Sequence[dict[str, Any]], table) -> str:
