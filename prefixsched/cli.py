@@ -11,6 +11,7 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
 - ``family``: write a member of an adversarial instance family.
 - ``live``: drive a real SGLang server (the plugin's policies) and compare it with the bounds and
   the simulator (:mod:`prefixsched.integration.live`).
+- ``check``: judge a policy of your own (``module:Class``) with the invariant suite.
 
 Conventions (every subcommand)
 ------------------------------
@@ -79,6 +80,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from prefixsched import scenario_cli
 from prefixsched._table import _fmt, _table
 from prefixsched.errors import Interrupted, InputError, PrefixschedError, SolveInterrupted, SolverLimitError
 
@@ -278,21 +280,24 @@ def _load_input(args: argparse.Namespace):
             source = {"trace": str(args.trace)}
         else:
             strategy = args.client_strategy or "family"
-            inst = load_any(path, clients=clients, strategy=strategy, max_requests=args.max_requests)
+            inst = load_any(path, clients=clients, strategy=scenario_cli.loader_strategy(strategy),
+                            max_requests=args.max_requests)
             source = {"trace": str(args.trace), "client_strategy": strategy}
     else:
         if args.workload not in workloads.WORKLOADS:
             raise InputError(
                 "--workload", f"unknown workload {args.workload!r}; known: {', '.join(sorted(workloads.WORKLOADS))}"
             )
-        if args.client_strategy is not None:
-            _warn("--client-strategy applies to traces only; ignored for a workload")
+        if args.client_strategy is not None and scenario_cli.loader_strategy(args.client_strategy) == "field":
+            _warn("--client-strategy field applies to traces only; ignored for a workload")
+        elif args.client_strategy == "family":
+            _warn("--client-strategy family applies to traces only (a workload names its clients); ignored")
         inst = workloads.make_workload(args.workload, clients=clients, seed=args.seed, n_requests=args.requests)
         if args.max_requests is not None and args.max_requests < len(inst.requests):
             # the first M requests of the workload (default size, or --requests): a prefix by arrival
             inst = dataclasses.replace(inst, requests=inst.requests[: args.max_requests])
         source = {"workload": args.workload}
-    return inst, source
+    return scenario_cli.apply(args, inst, source)
 
 
 def _accepts(spec: str, param: str) -> bool:
@@ -339,6 +344,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     elif args.plot is not None:
         raise InputError("--plot", "per-policy plots are single-worker only; drop --plot or use --workers 1")
     inst, source = _load_input(args)
+    from prefixsched.reference.scenarios import offered_load
+
+    offered = offered_load(inst, args.workers)
     ps = inst.limits.page_size
     pages = sum((r.prompt_len + r.output_len) // ps for r in inst.requests)
     if pages > MAX_SIM_PAGES:  # a memory estimate, checked before the first step
@@ -381,11 +389,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         check_trace(inst, trace)  # every schedule is replayed by the independent checker
-        summary = summarize(trace, inst.weights)
+        summary = summarize(trace, inst, window_s=args.jain_window)
         results.append({"policy": spec, "params": trace.policy, "summary": summary})
         traces.append(trace)
 
-    headers = ["policy", "tok/s", "hit rate", "TTFT P50 s", "TTFT P99 s", "Jain", "max gap"]
+    headers = ["policy", "tok/s", "hit rate", "TTFT P50 s", "TTFT P99 s", "Jain whole", "max gap",
+               "Jain win mean", "Jain win min", "gap/VTC bound", "gap/DLPM bound"]
     rows = []
     for r in results:
         s = r["summary"]
@@ -398,6 +407,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 s["ttft_p99"],
                 s["jain"],
                 s["max_service_gap"]["value"],
+                *scenario_cli.row_extras(s),
             ]
         )
     n_clients = len(inst.clients)
@@ -411,17 +421,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         + (f", workers={D}, dispatch={_dispatcher_label(dispatcher)}" if D > 1 else ""),
         file=report,
     )
+    print(scenario_cli.load_line(offered), file=report)
     print(_table(headers, rows), file=report)
     print(
-        "tok/s: (prompt+output) tokens per second; hit rate: cached/prompt tokens; Jain: over the window "
-        "where all clients are active (client-view service rate); max gap: largest service gap "
+        "tok/s: (prompt+output) tokens per second; hit rate: cached/prompt tokens; Jain whole: one Jain's index "
+        "over the whole window where all clients are active (client-view service rate); max gap: largest service gap "
         "(w_e*extend + w_q*output) between two continuously backlogged clients.",
         file=report,
     )
+    print(scenario_cli.legend(args.jain_window), file=report)
+    if args.per_client:
+        print(scenario_cli.per_client_report(results, _table), file=report)
     out = {
         "input": {**source, "requests": len(inst.requests), "clients": list(inst.clients), "seed": args.seed,
                   "engine": args.engine,
-                  **({"workers": D, "dispatch": dispatch_spec} if D > 1 else {})},
+                  **({"workers": D, "dispatch": dispatch_spec} if D > 1 else {}),
+                  "offered_load": offered, "cost_model": dataclasses.asdict(inst.cost_model),
+                  "limits": dataclasses.asdict(inst.limits)},
         "results": results,
     }
     if args.json is not None:
@@ -683,9 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clients", type=_positive_int("--clients", MAX_CLIENTS), default=None,
                    help=f"number of clients, 1..{MAX_CLIENTS:,}; not for a .json instance, which names its own (default: 8)")
     s.add_argument(
-        "--client-strategy", default=None, choices=["family", "round-robin", "field"],
-        help="how trace requests map to clients (traces only; default: family, one client per conversation "
-        "family, folded onto --clients by a stable hash)",
+        "--client-strategy", default=None, metavar="family|round-robin|field|zipf:ALPHA|heavy:K:SHARE",
+        help="how requests map to --clients clients (default: family on a trace, one client per conversation family, "
+        "folded onto --clients by a stable hash; zipf:ALPHA and heavy:K:SHARE skew the demand over the families, see "
+        "prefixsched.reference.scenarios; on a workload only zipf, heavy and round-robin re-assign its clients)",
     )
     s.add_argument("--seed", type=_nonneg_int("--seed", MAX_SEED), default=0, help="seed of the workload and of randomised policies")
     s.add_argument(
@@ -722,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--q-w", type=_positive_float("--q-w", allow_inf=True), default=None,
         help="D2LPM worker quantum Q_w in cost units, or 'inf' (default: the dispatcher's own)",
     )
+    scenario_cli.add_simulate_options(s)
     s.set_defaults(func=cmd_simulate)
 
     s = command("policies", help="list the policy registry, with default parameters",
@@ -825,6 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
     from prefixsched.integration.live.cli import add_parser as add_live_parser
 
     add_live_parser(sub)  # `prefixsched live` (issue #10): code in prefixsched/integration/live/
+    from prefixsched import check_cli
+
+    check_cli.add_parser(sub, _positive_int, _nonneg_int)
     return p
 
 

@@ -11,6 +11,7 @@ import pytest
 from prefixsched.errors import InputError
 from prefixsched.instance_io import load_any, load_instance, save_instance
 from prefixsched.theory.cost import CostModel
+from prefixsched.theory.profiles import default_limits, default_profile
 from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request, lcp, page_keys
 from prefixsched.reference.traces import (
     CLIENT_STRATEGIES,
@@ -55,9 +56,9 @@ def test_load_basic_fields(tmp_path):
     assert r0.prompt == BlockPrompt((0, 1), 600, 512)
     assert r0.output_len == 10 and r0.prompt_len == 600
     assert inst.requests[2].prompt == BlockPrompt((9,), 1, 512)
-    # default limits: whole 512-token pages, the rest at the Limits defaults
-    assert inst.limits == Limits(page_size=512)
-    assert inst.cost_model == CostModel()
+    # default limits and cost model: the default cost profile's, with whole 512-token pages
+    assert inst.limits == default_limits(page_size=512)
+    assert inst.cost_model == default_profile().cost_model and inst.cost_model.c_attn > 0
     # pages shared as the hash ids say: r0 and r1 share block 0 (their only common full pages)
     k0 = page_keys(inst.requests[0].prompt, 512)
     k1 = page_keys(inst.requests[1].prompt, 512)
@@ -228,8 +229,12 @@ def test_unbounded_reuse_is_prefix_based(tmp_path):
     assert s["duration_s"] == pytest.approx(0.003)
     assert s["prompt_tokens_max"] == 12 and s["output_tokens_total"] == 4
     assert s["extend_tokens_unbounded_cache"] == extend
-    assert s["prefill_s_unbounded_cache"] == pytest.approx(extend * CostModel().prefill_per_token_s)
-    assert s["prefill_s_no_cache"] == pytest.approx(35 * CostModel().prefill_per_token_s)
+    cm = inst.cost_model  # attention-weighted: (1 + c_attn*|x|) per extend token
+    b, c = cm.prefill_per_token_s, cm.c_attn
+    assert s["prefill_s_unbounded_cache"] == pytest.approx(
+        b * ((1 + 8 * c) * 8 + (1 + 12 * c) * 4 + (1 + 7 * c) * 3 + (1 + 8 * c) * 8)
+    )
+    assert s["prefill_s_no_cache"] == pytest.approx(b * ((1 + 8 * c) * 16 + (1 + 12 * c) * 12 + (1 + 7 * c) * 7))
     assert sum(s["requests_per_client"].values()) == 4
 
 

@@ -17,6 +17,7 @@ from prefixsched.reference.workloads import (
     workload_params,
 )
 from prefixsched.theory.cost import CostModel
+from prefixsched.theory.profiles import default_limits, default_profile
 from prefixsched.theory.model import BlockPrompt, Limits, lcp, page_keys
 
 NAMES = sorted(WORKLOADS)
@@ -55,7 +56,7 @@ def test_same_seed_same_instance_other_seed_differs(name):
     assert a.to_dict() != c.to_dict()
     assert len(a.requests) == 150
     assert all(isinstance(r.prompt, BlockPrompt) and r.prompt.block_size == BS for r in a.requests)
-    assert a.limits == Limits(page_size=BS) and a.cost_model == CostModel()
+    assert a.limits == default_limits(page_size=BS) and a.cost_model == default_profile().cost_model
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -48,6 +48,7 @@ from prefixsched.reference.policies import create
 from prefixsched.reference.simulator import simulate
 from prefixsched.reference.workloads import make_workload
 from prefixsched.theory.metrics import percentiles, request_latencies
+from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request
 from prefixsched.theory.schedule import check_trace
 
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def sp(rate: float) -> Instance:
         return make_workload("shared-prefix", clients=4, seed=seed, n_requests=n_sp, groups=n_pref, rate=rate,
-                             prefix_len=PREFIX_LEN, question_len=QUESTION_LEN, output_len=OUTPUT_LEN)
+                             prefix_len=PREFIX_LEN, question_len=QUESTION_LEN, output_len=OUTPUT_LEN,
+                             limits=Limits(page_size=BLOCK), cost_model=CostModel())  # the pre-#9 "linear" defaults
 
     res["shared_prefix"] = sweep(sp, rates, (1, 2, 4, math.inf), seed)
     print(f"\nP99 TTFT vs rate, make_workload('shared-prefix', groups={n_pref}), {n_sp} requests")

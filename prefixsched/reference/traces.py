@@ -18,8 +18,10 @@ Computation", USENIX FAST 2025; ``FAST25-release/traces/``), described in
 The trace has no tenants, so a client assignment is derived (:data:`CLIENT_STRATEGIES`). Request ids
 are the 0-based physical line index (``"0"`` is line 1), so an id points straight at its line.
 
-Default limits. With no ``limits`` argument the instance gets ``Limits(page_size=block_size)`` and the
-other fields at their defaults (480k-token KV pool, 16,384 max prefill tokens, 256 running). Whole
+Default limits and cost model. With no ``limits`` / ``cost_model`` argument the instance gets the
+default cost profile's (:data:`prefixsched.theory.profiles.DEFAULT_PROFILE`, Llama-3.1-8B on one H100:
+422k-token KV pool, 16,384 max prefill tokens, 2,048 running, attention and KV-read costs) with
+``page_size = block_size``. Whole
 512-token pages are the finest granularity at which the trace can share anything: the hash ids say
 nothing about tokens inside a block, and only a whole block can be a reused prefix of another
 request. A token-level radix walk (``page_size=1``) over the trace's 145 M prompt tokens would cost
@@ -43,8 +45,11 @@ from prefixsched import validation as _v
 from prefixsched.errors import InputError
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request, page_keys
+from prefixsched.theory.profiles import default_limits, default_profile
 
-__all__ = ["CLIENT_STRATEGIES", "load_mooncake", "trace_stats", "family_id", "unbounded_reuse"]
+__all__ = [
+    "CLIENT_STRATEGIES", "load_mooncake", "trace_stats", "family_id", "unbounded_reuse", "unbounded_cached_tokens",
+]
 
 #: Client-assignment strategies of :func:`load_mooncake` (name -> one-line description).
 CLIENT_STRATEGIES: dict[str, str] = {
@@ -101,9 +106,10 @@ def load_mooncake(
     max_requests:
         Keep only the first M requests (reading stops there); ``None`` keeps all.
     limits:
-        Server limits; default ``Limits(page_size=block_size)`` (module docstring says why).
+        Server limits; default the default profile's with ``page_size=block_size`` (module
+        docstring says why; :func:`prefixsched.theory.profiles.default_limits`).
     cost_model:
-        Step-time model; default :class:`CostModel()`.
+        Step-time model; default the default profile's (:func:`prefixsched.theory.profiles.default_profile`).
 
     Returns
     -------
@@ -139,9 +145,9 @@ def load_mooncake(
     ):
         raise InputError("max_requests", f"must be an integer >= 1 or None, got {max_requests!r}")
     if limits is None:
-        limits = Limits(page_size=block_size)
+        limits = default_limits(page_size=block_size)
     if cost_model is None:
-        cost_model = CostModel()
+        cost_model = default_profile().cost_model
     limits.validate()
     cost_model.validate()
     capacity = limits.kv_capacity_tokens
@@ -343,3 +349,10 @@ def trace_stats(instance: Instance) -> dict[str, Any]:
         "prefill_s_unbounded_cache": ideal_s,
         "prefill_load_unbounded_cache": (ideal_s / duration) if duration > 0 else None,
     }
+
+
+def unbounded_cached_tokens(instance: Instance) -> list[int]:
+    """Per request (instance order): prompt tokens an unbounded prefix cache of prompt pages would
+    serve, in arrival order (the walk of :func:`unbounded_reuse`), in tokens (whole pages)."""
+    ps = instance.limits.page_size
+    return [h * ps for h, _ in _ideal_hits(instance)]

@@ -7,10 +7,10 @@ from the :data:`WORKLOADS` registry. Same name, parameters and seed -> identical
 Common decisions (all workloads)
 --------------------------------
 Prompts are :class:`~prefixsched.theory.model.BlockPrompt` with ``block_size = 32`` tokens (parameter
-``block_size``) and the default limits are ``Limits(page_size=block_size)``: the radix cache then works
-on 32-token pages, so a 4k-token prefix is 128 page keys instead of 4,096 token keys (a tuple prompt
-at ``page_size = 1`` makes every match walk every token, too slow for thousands of multi-k-token
-prompts). 32 rather than 16 halves the key count again; the sharing lost is at most one partial page
+``block_size``) and the default limits (the default cost profile's) use ``page_size = block_size``:
+the radix cache then works on 32-token pages, so a 4k-token prefix is 128 page keys instead of
+4,096 token keys (a tuple prompt at ``page_size = 1`` makes every match walk every token, too slow
+for thousands of multi-k-token prompts). 32 rather than 16 halves the key count again; the sharing lost is at most one partial page
 (< 32 tokens) per request, under 1 % of the 1-4k-token prefixes used here.
 
 A prompt is built by appending token runs to a context of blocks. A run appended to a context that
@@ -60,6 +60,7 @@ from prefixsched import validation as _v
 from prefixsched.errors import InputError
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request
+from prefixsched.theory.profiles import default_limits, default_profile
 
 __all__ = ["WORKLOADS", "make_workload", "workload_params", "program_of", "DEFAULT_BLOCK_SIZE"]
 
@@ -252,15 +253,19 @@ def _default(
 
     Numbers at the defaults (8 clients, seed 0; ``trace_stats``): 2,222 requests in 90 s (c0: 752,
     the others 168-266, i.e. ~3.6x), mean prompt 4.7k tokens (max 9.1k), mean output 230, 86 % of
-    prompt pages reusable from an unbounded cache. With the default CostModel (prefill ~30k
-    tokens/s) and Limits the prompts would need 346 s of prefill without a cache and 48 s with an
-    unbounded one (prefill load 0.53), and the 511k output tokens keep the running batch at its
-    256-request cap: the server is moderately overloaded. Measured with the reference simulator
-    (greedy FCFS / LPM admission): the last request finishes at ~125 s (FCFS, mean TTFT ~9 s, 80 %
-    prompt hit) / ~116 s (LPM, 83 % hit, clients with short system prompts starved to 12-28 s mean
-    TTFT); VTC and DLPM (default parameters) hold c0 back (mean TTFT ~21 s / ~17 s) and keep every
-    other client under ~3 s, DLPM at LPM's 83 % hit rate. Each run takes 1-1.5 s. Seeds 1 and 2 give
-    2,434 / 2,315 requests and the same picture.
+    prompt pages reusable from an unbounded cache. Under the default cost profile (Llama-3.1-8B on
+    one H100 with attention and KV-read costs; :func:`prefixsched.reference.scenarios.offered_load`)
+    the offered load is 5.0x one worker without cache hits (prefill 3.2 + decode 1.8: the decode
+    steps read ~4.7k tokens of KV per running request) and 1.9x with an unbounded cache: the server
+    is overloaded and queues build for the whole window (``--load 0.9`` on the CLI, or
+    :func:`~prefixsched.reference.scenarios.scale_to_load`, rescales it to a sustainable rate).
+    Measured with the reference simulator (``ideal`` engine) at the defaults: the last request
+    finishes at ~208 s (FCFS, 79 % prompt hit, mean TTFT 35-47 s for every client) / ~189 s (LPM,
+    84 % hit, clients with short system prompts starved to up to 70 s mean TTFT while others get
+    1.5 s); VTC and DLPM (default parameters) hold c0 back (mean TTFT 67 s / 58 s) and keep the
+    others at 6-32 s / 10-30 s, DLPM at LPM's 84 % hit rate; up to ~350 requests run at once. Each
+    run takes about 0.5 s. (With the pre-#9 linear model, ``cost_model=CostModel()``, the load was
+    moderate: last finish ~125 s.)
     """
     _num("duration_s", duration_s)
     _num("conv_rate", conv_rate)
@@ -328,8 +333,9 @@ def _shared_prefix(
     picks its group uniformly at random. Group g belongs to client ``c{g mod clients}`` (so
     ``groups >= clients`` is required). At the defaults (seed 0): 1,180 requests in 60 s; the 16
     prefixes (32k tokens) stay cached, 93 % of prompt pages hit, and the server is under capacity
-    (without reuse it would need 85 s of prefill for 60 s, with an unbounded cache 6 s). Raise
-    ``rate``, ``groups`` or ``prefix_len`` (past the KV pool) to make locality decide the queue.
+    (default cost profile: offered load 1.5x without cache hits, 0.43 with an unbounded cache; every
+    policy finishes at ~61 s with TTFTs of a few ms). Raise ``rate``, ``groups`` or ``prefix_len``
+    (past the KV pool) to make locality decide the queue.
     """
     _num("duration_s", duration_s)
     _int("groups", groups)
@@ -458,9 +464,11 @@ def _s1(*, clients: int, seed: int, n_requests: int | None, block_size: int, **k
     ToT, dlpm.md §5 Table 2), arriving ``level_gap_s`` (2 s) x U(0.5, 1.5) after the parent. The
     template (192 tokens) is one application's few-shot prompt, shared by all clients.
     ``program_rate`` defaults to 0.3 programs/s per client (``duration_s`` 60): at seed 0, 3,098
-    requests (c0: 1,500), mean prompt 718 tokens; in the reference simulator the running batch sits
-    at its 256 cap and the last request finishes at ~94 s (moderate overload); FCFS and LPM give
-    every client ~7-17 s mean TTFT, VTC and DLPM push c0 to ~25 s and the others under ~2 s.
+    requests (c0: 1,500), mean prompt 718 tokens; default cost profile: offered load 2.2x without
+    cache hits (decode 1.3 of it), 1.3x with an unbounded cache; in the reference simulator up to
+    ~1,080 requests run at once and the last request finishes at ~99 s (overload); FCFS and LPM give
+    c0 ~7 s and the others 1-12 s mean TTFT, VTC and DLPM push c0 to ~15 s and keep the others
+    under ~1.3 s.
     """
     return _tot(clients=clients, seed=seed, n_requests=n_requests, block_size=block_size, pattern="s1", **kw)
 
@@ -471,9 +479,10 @@ def _s2(*, clients: int, seed: int, n_requests: int | None, block_size: int, **k
     questions"); same structure (``branches`` = 2 for everyone) and program rate. Otherwise as
     :func:`_s1`, except ``program_rate`` defaults to 0.45 programs/s per client (S2 programs are
     6x smaller than S1's heavy ones): at seed 0, 2,822 requests in 60 s (c0: 276), mean prompt
-    792 tokens; the last request finishes at ~88 s in the reference simulator (moderate overload).
-    VTC, which charges c0's long prompts in full, raises c0's mean TTFT to ~16 s (others 3-9 s);
-    DLPM, charging only extend tokens, leaves c0 at ~9 s like the others."""
+    792 tokens; default cost profile: offered load 2.1x without cache hits, 1.3x with an unbounded
+    cache; the last request finishes at ~92-94 s in the reference simulator (overload). LPM and
+    VTC, which charges c0's long prompts in full, raise c0's mean TTFT to ~10 s / ~9 s (others
+    3-6 s); DLPM, charging only extend tokens, leaves c0 at ~6 s like the others."""
     return _tot(clients=clients, seed=seed, n_requests=n_requests, block_size=block_size, pattern="s2", **kw)
 
 
@@ -495,7 +504,7 @@ WORKLOADS: dict[str, tuple[Callable[..., list[Request]], str]] = {
     "default": (
         _default,
         "multi-turn chat, per-client 1-4k-token system prompts, Gamma arrivals, c0 sends 3.5x; "
-        "~2.2k requests in 90 s, moderately overloaded",
+        "~2.2k requests in 90 s, overloaded under the default cost profile (use --load to rescale)",
     ),
     "shared-prefix": (
         _shared_prefix,
@@ -554,7 +563,9 @@ def make_workload(
         requests of the same stream (module docstring; ``duration_s`` then only sets where the
         search for the window's end starts and does not change the result).
     limits, cost_model:
-        Default ``Limits(page_size=block_size)`` and ``CostModel()``.
+        Default: the default cost profile's (:func:`prefixsched.theory.profiles.default_limits` with
+        ``page_size=block_size``, and :func:`~prefixsched.theory.profiles.default_profile`'s cost
+        model: Llama-3.1-8B on one H100 with attention and KV-read costs).
     **kw:
         ``block_size`` (tokens per prompt block, default 32) and the workload's own parameters
         (:func:`workload_params`).
@@ -578,8 +589,8 @@ def make_workload(
         if k not in known:
             raise InputError(k, f"unknown parameter of workload {name!r} (known: {', '.join(sorted(known))})")
     if limits is None:
-        limits = Limits(page_size=block_size)
+        limits = default_limits(page_size=block_size)
     if cost_model is None:
-        cost_model = CostModel()
+        cost_model = default_profile().cost_model
     reqs = builder(clients=clients, seed=seed, n_requests=n_requests, block_size=block_size, **kw)
     return Instance(requests=tuple(reqs), cost_model=cost_model, limits=limits)

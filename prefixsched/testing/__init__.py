@@ -2,8 +2,9 @@
 
 - :func:`check_policy` runs the invariant suite (progress, the independent checker, causality,
   work conservation, determinism, starvation, DLPM/VTC counter invariants and fairness bounds)
-  on hypothesis-generated instances and returns a readable :class:`PolicyReport`
-  (:mod:`prefixsched.testing.suite`);
+  on hypothesis-generated instances, measures every policy's backlogged service gap against VTC's
+  bound and its starvation of the oldest request, compares it with LPM, VTC and DLPM, and returns
+  a readable :class:`PolicyReport` (:mod:`prefixsched.testing.suite`; CLI: ``prefixsched check``);
 - the hypothesis strategies of :mod:`prefixsched.testing.strategies` build small valid instances
   (shared-prefix trees, mixed-rate and misbehaving clients, binding limits) for your own tests;
 - :mod:`prefixsched.testing.broken` holds deliberately broken policies and a lock-ignoring cache
@@ -27,13 +28,18 @@ from prefixsched.testing.strategies import (
 )
 from prefixsched.testing.suite import (
     INVARIANTS,
+    MEASURES,
+    Comparison,
+    MeasuredFigure,
     InvariantResult,
     Outcome,
     PolicyReport,
     RecordingPolicy,
     check_policy,
     default_instances,
+    measure_run,
     run_invariants,
+    shrink_instance,
 )
 
 __all__ = [
@@ -44,6 +50,11 @@ __all__ = [
     "Outcome",
     "RecordingPolicy",
     "INVARIANTS",
+    "MEASURES",
+    "MeasuredFigure",
+    "Comparison",
+    "measure_run",
+    "shrink_instance",
     "default_instances",
     "instances",
     "backlogged_instances",

@@ -25,17 +25,28 @@ Which invariants apply (``applies`` in the report):
 
 Counterexamples are shrunk by hypothesis: each invariant raises its own exception type, so with
 ``report_multiple_bugs`` every violated invariant gets its own minimal instance.
+
+Measured figures (:data:`MEASURES`, issue #9), for every policy whatever its kind: the largest
+service gap of two backlogged clients against VTC's bound with ``M`` = the batch token capacity,
+and starvation of the oldest waiting request while it fitted (picks made ahead of it, and for how
+long). They are reported as the worst value over the generated instances with an instance that
+attains it, shrunk by :func:`shrink_instance` (greedy delta debugging from that instance, so the
+shrunk one still attains it); they pass or fail only against a bound the caller gives. The report
+also compares the policy with LPM, VTC and DLPM on the same generated instances. From the command
+line: ``prefixsched check module:Class``.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hyp_seed
 from hypothesis import strategies as st
@@ -45,6 +56,7 @@ from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, 
 from prefixsched.reference.simulator import simulate as _simulate
 from prefixsched.testing.strategies import backlogged_instances, instances
 from prefixsched.theory import bounds
+from prefixsched.theory.metrics import hit_rate, percentiles, request_latencies
 from prefixsched.theory.model import Instance, Request
 from prefixsched.theory.schedule import check_trace, idle_with_waiting
 from prefixsched.theory.trace import Trace
@@ -73,6 +85,11 @@ __all__ = [
     "run_invariants",
     "check_policy",
     "default_instances",
+    "MEASURES",
+    "MeasuredFigure",
+    "Comparison",
+    "measure_run",
+    "shrink_instance",
 ]
 
 #: ID -> statement, in report order (the registry ``docs/invariants.md`` uses the same IDs).
@@ -102,7 +119,8 @@ class RecordingPolicy(Policy):
 
     ``log`` holds one ``(step, now, waiting_fcfs_ids, admitted_ids, waiting_arrivals)`` tuple
     per ``decide`` call: the waiting queue in FCFS order as the policy saw it, and the ids it
-    admitted. ``name``, ``params()``, ``state()`` and ``describe()`` are the inner policy's, so
+    admitted; ``oldest_fit`` says, per call, whether the oldest waiting request fitted the step's
+    admission budget before the policy chose. ``name``, ``params()``, ``state()`` and ``describe()`` are the inner policy's, so
     the trace is the same as without the wrapper.
     """
 
@@ -110,6 +128,9 @@ class RecordingPolicy(Policy):
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]  # per-instance, mirrors the inner policy
         self.log: list[tuple[int, float, tuple[str, ...], tuple[str, ...], dict[str, float]]] = []
+        #: per ``decide`` call (parallel to ``log``): could the oldest waiting request have been
+        #: admitted, i.e. does it fit a fresh admission budget of the step (``snap.batch().fits``)?
+        self.oldest_fit: list[bool] = []
 
     def on_arrival(self, request: Request, now: float, snap: Snapshot) -> None:
         self.inner.on_arrival(request, now, snap)
@@ -118,6 +139,7 @@ class RecordingPolicy(Policy):
         entries = list(snap.fcfs())
         waiting = tuple(e.request.id for e in entries)
         arrivals = {e.request.id: e.request.arrival for e in entries}
+        self.oldest_fit.append(bool(entries) and snap.batch().fits(entries[0]))
         d = self.inner.decide(snap)
         admit = tuple(d.admit) if isinstance(d, Decision) else ()
         self.log.append((snap.step, snap.now, waiting, admit, arrivals))
@@ -183,6 +205,7 @@ def run_invariants(
     starvation_k: int | None = None,
     determinism: bool = True,
     online: bool = True,
+    observe: Callable[[Instance, Trace, RecordingPolicy], None] | None = None,
 ) -> dict[str, Outcome]:
     """Run one fresh policy on ``instance`` and evaluate every applicable invariant.
 
@@ -201,6 +224,9 @@ def run_invariants(
         Also run ``INV-5`` (a second simulation).
     online:
         Also run ``INV-13`` (a simulation of the instance cut at a later arrival).
+    observe:
+        Called as ``observe(instance, trace, recorder)`` after the main simulation completed (what
+        :func:`check_policy` measures its figures on).
 
     Returns
     -------
@@ -216,6 +242,8 @@ def run_invariants(
         out["INV-1"] = Outcome(1, f"{type(e).__name__}: {e}")
         return out
     out["INV-1"] = Outcome(1)
+    if observe is not None:
+        observe(instance, trace, rec)
 
     rep = check_trace(instance, trace, strict=False)
     out["INV-2"] = Outcome(1, None if rep.ok else "; ".join(rep.violations[:5]))
@@ -367,6 +395,135 @@ class InvariantResult:
         return self.examples > 0 and self.checks == 0
 
 
+#: Measured figures of :func:`check_policy` (id -> statement), for every policy. Reported as the
+#: worst value found; they pass or fail only against a bound the caller gives.
+MEASURES: dict[str, str] = {
+    "gap_ratio": "largest service gap of two backlogged clients / VTC's 2*max(w_e*L_input, w_q*M), "
+    "M = batch token capacity (KV pool), client view",
+    "starvation_picks": "most picks made ahead of the oldest waiting request while it could have been admitted",
+    "starvation_s": "longest time from the first pick made ahead of a fitting oldest request to its admission "
+    "(the instance's clock)",
+}
+
+
+@dataclass
+class MeasuredFigure:
+    """One measured figure (:data:`MEASURES`) over the generated instances.
+
+    ``worst`` and ``where`` (what attained it) are over the instances of the generate phase;
+    ``counterexample`` is an instance attaining at least ``worst`` (or exceeding ``bound``), shrunk
+    by :func:`shrink_instance` when ``shrunk``; ``holds`` is None without a ``bound``, else whether
+    no instance exceeded it (``violations`` counts those that did).
+    """
+
+    id: str
+    statement: str
+    worst: float = 0.0
+    examples: int = 0
+    where: str | None = None
+    bound: float | None = None
+    violations: int = 0
+    counterexample: dict[str, Any] | None = None
+    shrunk: bool = False
+
+    @property
+    def holds(self) -> bool | None:
+        return None if self.bound is None else self.violations == 0
+
+
+@dataclass
+class Comparison:
+    """One policy on the generated instances: mean prefix hit rate (over instances with prompt
+    tokens), the worst gap ratio (:data:`MEASURES` ``gap_ratio``) and the P99 TTFT of all their
+    requests pooled (each instance in its own clock: token units or seconds, the same instances for
+    every policy)."""
+
+    policy: str
+    instances: int
+    hit_rate: float | None
+    max_gap_ratio: float
+    ttft_p99: float | None
+
+
+def measure_run(instance: Instance, trace: Trace, rec: RecordingPolicy) -> dict[str, tuple[float, str]]:
+    """The measured figures (:data:`MEASURES`) of one run: ``{id: (value, where)}``.
+
+    Starvation: at every decision whose oldest waiting request o fitted the step's budget
+    (``rec.oldest_fit``), the requests admitted before o (all of them if o was not admitted) are
+    picks made ahead of o; they add up over the decisions until o is admitted. ``starvation_s`` runs
+    from the first such decision to o's admission.
+    """
+    rep = bounds.check_vtc_two_backlogged(instance, trace, view="client")
+    w = rep.witness
+    gap_where = f"pair {w['pair']} over {tuple(round(t, 6) for t in w['interval'])}" if w else "no two clients backlogged together"
+    admit = {r.id: r.admit for r in trace.requests}
+    picks: dict[str, int] = {}
+    first: dict[str, float] = {}
+    for (step, now, waiting, admitted, _arr), fit in zip(rec.log, rec.oldest_fit):
+        if not waiting or not fit:
+            continue
+        o = waiting[0]
+        ahead = admitted.index(o) if o in admitted else len(admitted)
+        if ahead:
+            picks[o] = picks.get(o, 0) + ahead
+            first.setdefault(o, now)
+    worst_p = max(picks.items(), key=lambda kv: (kv[1], kv[0]), default=(None, 0))
+    walls = {o: admit[o] - t for o, t in first.items()}
+    worst_w = max(walls.items(), key=lambda kv: (kv[1], kv[0]), default=(None, 0.0))
+    return {
+        "gap_ratio": (float(rep.ratio), f"gap {rep.worst:g} against bound {rep.bound:g}, {gap_where}"),
+        "starvation_picks": (float(worst_p[1]), f"request {worst_p[0]!r}" if worst_p[0] is not None else "never"),
+        "starvation_s": (float(worst_w[1]), f"request {worst_w[0]!r}" if worst_w[0] is not None else "never"),
+    }
+
+
+def _variants(inst: Instance) -> Any:
+    """Smaller neighbours of ``inst`` for :func:`shrink_instance`, most aggressive first."""
+    reqs = list(inst.requests)
+    n = len(reqs)
+    size = n // 2
+    while size >= 1:  # drop chunks of requests (ddmin)
+        for start in range(0, n, size):
+            if n - size >= 1:
+                yield reqs[:start] + reqs[start + size:]
+        size //= 2
+    for i, r in enumerate(reqs):  # shorter outputs
+        for o in sorted({1, max(1, r.output_len // 2)}):  # >= 1: Instance() does not check it
+            if o < r.output_len:
+                yield reqs[:i] + [replace(r, output_len=o)] + reqs[i + 1:]
+    for i, r in enumerate(reqs):  # shorter token prompts (block prompts are left as they are)
+        if isinstance(r.prompt, tuple) and len(r.prompt) > 1:
+            for m in sorted({1, len(r.prompt) // 2, len(r.prompt) - 1}):
+                yield reqs[:i] + [replace(r, prompt=r.prompt[:m])] + reqs[i + 1:]
+    for i, r in enumerate(reqs):  # earlier arrivals (same order)
+        lo = reqs[i - 1].arrival if i else 0.0
+        if r.arrival > lo:
+            yield reqs[:i] + [replace(r, arrival=lo)] + reqs[i + 1:]
+
+
+def shrink_instance(instance: Instance, keep: Callable[[Instance], bool], *, max_evals: int = 300) -> tuple[Instance, bool]:
+    """Greedy delta-debugging: the smallest instance found, by repeatedly taking the first smaller
+    neighbour (fewer requests, shorter outputs and token prompts, earlier arrivals) for which
+    ``keep`` still holds. Deterministic. Returns ``(instance, changed)``; at most ``max_evals``
+    calls of ``keep``."""
+    cur, evals, changed = instance, 0, False
+    progress = True
+    while progress and evals < max_evals:
+        progress = False
+        for cand in _variants(cur):
+            if evals >= max_evals:
+                break
+            try:
+                nxt = Instance(tuple(cand), cur.cost_model, cur.limits, cur.weights)
+            except InputError:
+                continue
+            evals += 1
+            if keep(nxt):
+                cur, changed, progress = nxt, True, True
+                break
+    return cur, changed
+
+
 @dataclass
 class PolicyReport:
     """What :func:`check_policy` found. ``results`` has one entry per applicable invariant."""
@@ -374,11 +531,16 @@ class PolicyReport:
     policy: dict[str, Any]
     examples: int
     results: dict[str, InvariantResult] = field(default_factory=dict)
+    #: measured figures (:data:`MEASURES`), worst over the generated instances
+    measures: dict[str, MeasuredFigure] = field(default_factory=dict)
+    #: the same generated instances under the comparison policies (the policy itself first)
+    comparison: list[Comparison] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True iff no applicable invariant was violated."""
-        return all(r.holds for r in self.results.values())
+        """True iff no applicable invariant was violated and no measured figure exceeded a bound
+        the caller gave."""
+        return all(r.holds for r in self.results.values()) and all(m.holds is not False for m in self.measures.values())
 
     @property
     def violated(self) -> list[str]:
@@ -403,7 +565,41 @@ class PolicyReport:
                 if r.counterexample is not None:
                     label = "minimal instance" if r.shrunk else "instance"
                     lines.append(f"          {label}: {json.dumps(r.counterexample, sort_keys=True)}")
+        if self.measures:
+            lines.append("measured (worst over the generated instances; pass/fail only against a bound you give):")
+            for m in self.measures.values():
+                verdict = "" if m.holds is None else (f"  holds (bound {m.bound:g})" if m.holds else f"  EXCEEDS bound {m.bound:g}")
+                lines.append(f"  {m.id:<17} {m.worst:>10.4g}{verdict}  {m.statement}")
+                if m.where:
+                    lines.append(f"          worst: {m.where}")
+                if m.counterexample is not None and m.worst > 0:
+                    label = "shrunk instance" if m.shrunk else "instance"
+                    lines.append(f"          {label}: {json.dumps(m.counterexample, sort_keys=True)}")
+        if self.comparison:
+            lines.append(f"compared on the same {self.comparison[0].instances} generated instances "
+                         "(P99 TTFT pooled over them, each in its own clock):")
+            lines.append(f"  {'policy':<24} {'hit rate':>9} {'max gap/VTC bound':>18} {'P99 TTFT':>10}")
+            for c in self.comparison:
+                hr = "-" if c.hit_rate is None else f"{c.hit_rate:.3f}"
+                p99 = "-" if c.ttft_p99 is None else f"{c.ttft_p99:.4g}"
+                lines.append(f"  {c.policy:<24} {hr:>9} {c.max_gap_ratio:>18.4g} {p99:>10}")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form of the whole report."""
+        return {
+            "policy": self.policy,
+            "examples": self.examples,
+            "ok": self.ok,
+            "invariants": {
+                i: {"statement": r.statement, "holds": r.holds, "vacuous": r.vacuous, "examples": r.examples,
+                    "checks": r.checks, "violations": r.violations, "message": r.message,
+                    "counterexample": r.counterexample, "shrunk": r.shrunk}
+                for i, r in self.results.items()
+            },
+            "measures": {m.id: asdict(m) | {"holds": m.holds} for m in self.measures.values()},
+            "comparison": [asdict(c) for c in self.comparison],
+        }
 
 
 class _Violation(AssertionError):
@@ -435,6 +631,11 @@ def check_policy(
     determinism: bool = True,
     online: bool = True,
     shrink: bool = True,
+    max_gap_ratio: float | None = None,
+    max_starvation_picks: float | None = None,
+    max_starvation_s: float | None = None,
+    compare: Sequence[str] | None = ("lpm", "vtc", "dlpm"),
+    measure: bool = True,
 ) -> PolicyReport:
     """Run the invariant suite against ``policy_class(**params)`` on generated instances.
 
@@ -457,12 +658,26 @@ def check_policy(
     online:
         Check ``INV-13`` (one more simulation per instance).
     shrink:
-        Shrink counterexamples (slower on violations).
+        Shrink counterexamples (slower on violations), the measured figures' too.
+    max_gap_ratio, max_starvation_picks, max_starvation_s:
+        Bounds on the measured figures (:data:`MEASURES`): given, a figure passes or fails (and
+        :attr:`PolicyReport.ok` with it); omitted, it is only reported. Every policy is measured,
+        whatever its kind: the backlogged service gap against VTC's bound with ``M`` = the batch
+        token capacity (``kv_capacity_tokens``), and starvation of the oldest waiting request.
+    compare:
+        Policy specs (registry ``NAME`` or ``NAME:VALUE``) to run on the same generated instances
+        (hit rate, worst gap ratio, pooled P99 TTFT), next to the checked policy; ``None`` or ``()``
+        skips it. A bare ``"dlpm"`` runs with ``Q_u = U`` of each instance
+        (:func:`~prefixsched.theory.bounds.dlpm_U`), because its default quantum (8000 cost units)
+        makes it LPM on instances of a few hundred tokens.
+    measure:
+        Compute the measured figures (and the comparison) at all.
 
     Returns
     -------
     PolicyReport
-        Per invariant: instances, checks, violations and the minimal counterexample.
+        Per invariant: instances, checks, violations and the minimal counterexample; the measured
+        figures and the comparison.
 
     Raises
     ------
@@ -487,6 +702,27 @@ def check_policy(
     report = PolicyReport(policy=probe.describe(), examples=0)
     types = {inv: _violation_type(inv) for inv in INVARIANTS}
     strat = strategy if strategy is not None else default_instances()
+    user_bounds = {"gap_ratio": max_gap_ratio, "starvation_picks": max_starvation_picks, "starvation_s": max_starvation_s}
+    for k, v in user_bounds.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
+            raise InputError(f"max_{k}", f"must be a number >= 0, got {v!r}")
+    if measure:
+        report.measures = {k: MeasuredFigure(k, MEASURES[k], bound=user_bounds[k]) for k in MEASURES}
+    worst_inst: dict[str, Instance] = {}
+    collected: list[tuple[Instance, Trace, float]] = []
+
+    def observe(instance: Instance, trace: Trace, rec: RecordingPolicy) -> None:
+        vals = measure_run(instance, trace, rec)
+        for k, (v, where) in vals.items():
+            m = report.measures[k]
+            m.examples += 1
+            if m.bound is not None and v > m.bound:
+                m.violations += 1
+            if v > m.worst or m.where is None:
+                m.worst, m.where = v, where
+                worst_inst[k] = instance
+        if len(collected) < max_examples:
+            collected.append((instance, trace, vals["gap_ratio"][0]))
 
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
 
@@ -506,7 +742,8 @@ def check_policy(
     def _run(instance: Instance) -> None:
         report.examples += 1
         outcomes = run_invariants(
-            instance, make, starvation_k=starvation_k, determinism=determinism, online=online
+            instance, make, starvation_k=starvation_k, determinism=determinism, online=online,
+            observe=observe if measure else None,
         )
         first_bad = None
         for inv, o in outcomes.items():
@@ -544,7 +781,67 @@ def check_policy(
             r.message, r.counterexample, r.shrunk = e.message, e.instance.to_dict(), shrink
     # the shrinker's replays count as evaluations; violations stay >= 1 where one was found
     report.results = dict(sorted(report.results.items(), key=lambda kv: int(kv[0].split("-")[1])))
+    if measure:
+        _finish_measures(report, worst_inst, make, shrink)
+        if compare:
+            report.comparison = _compare(report, collected, compare)
     return report
+
+
+def _finish_measures(report: PolicyReport, worst_inst: dict[str, Instance], make: Callable[[], Policy], shrink: bool) -> None:
+    """Attach (and shrink) the instance behind each measured figure's worst value."""
+
+    def value(k: str, inst: Instance) -> float:
+        rec = RecordingPolicy(_make(make, inst))
+        try:
+            tr = simulate(inst, rec)
+        except Exception:  # noqa: BLE001 - a failing run has no figure
+            return -math.inf
+        return measure_run(inst, tr, rec)[k][0]
+
+    for k, m in report.measures.items():
+        inst = worst_inst.get(k)
+        if inst is None or m.worst <= 0:
+            continue
+        if m.bound is not None and m.worst <= m.bound:
+            m.counterexample = inst.to_dict()  # the worst instance; not a counterexample
+            continue
+        target = m.bound if m.bound is not None else m.worst
+        if shrink:
+            strict = m.bound is not None
+            small, m.shrunk = shrink_instance(
+                inst, lambda i, k=k: (value(k, i) > target) if strict else (value(k, i) >= target * (1 - 1e-9))
+            )
+            inst = small
+        m.counterexample = inst.to_dict()
+
+
+def _compare(report: PolicyReport, collected: list[tuple[Instance, Trace, float]], names: Sequence[str]) -> list[Comparison]:
+    """The checked policy and each of ``names`` on the instances collected in the generate phase."""
+    from prefixsched.reference.policies import create
+
+    def row(label: str, runs: list[tuple[Trace, float]]) -> Comparison:
+        hits = [h for t, _ in runs if (h := hit_rate(t)) is not None]
+        ttft = np.concatenate([request_latencies(t)["ttft"] for t, _ in runs]) if runs else np.empty(0)
+        return Comparison(
+            label, len(runs), float(np.mean(hits)) if hits else None,
+            float(max((r for _, r in runs), default=0.0)), percentiles(ttft, (99,))[99],
+        )
+
+    out = [row(f"{report.policy.get('name')} (checked)", [(t, r) for _, t, r in collected])]
+    for name in names:
+        runs = []
+        for inst, _t, _r in collected:
+            if name == "dlpm":  # the quantum at the instance's scale: Q_u = U (bounds.dlpm_U)
+                w = inst.weights
+                q = bounds.dlpm_U(bounds.max_input_tokens(inst), bounds.batch_output_capacity(inst), w.w_e, w.w_q)
+                pol = create("dlpm", quantum=q)
+            else:
+                pol = create(name)
+            tr = simulate(inst, pol)
+            runs.append((tr, bounds.check_vtc_two_backlogged(inst, tr, view="client").ratio))
+        out.append(row(name, runs))
+    return out
 
 
 def _flatten(eg: BaseExceptionGroup) -> list[_Violation]:

@@ -28,18 +28,22 @@ Parameters (dlpm.md §1)
     admitted, so prefixsched reads it as **output tokens one running batch can still produce**.
     *Decision:* two values are offered and each check documents its default.
 
-    - :func:`kv_batch_tokens` ``= kv_capacity_tokens``, the literal reading (and the value
-      :mod:`prefixsched.reference.policies.dlpm` documents). **Default of the VTC checks**: VTC's
-      ``max`` form needs it. Its proof charges a request's prompt *and* the outputs still to come
-      against the same memory (``w_e*L_input + w_q*outputs <= w_q*M`` when ``w_q >= w_e`` and
-      prompt + outputs fit in ``M``); with an output-only ``M`` the max form is false
+    - :func:`kv_batch_tokens` ``= kv_capacity_tokens``, the batch token capacity: the literal
+      reading, under which VTC's theorem is stated. **Default of the VTC checks** and of VTC's bound
+      for every policy (:func:`prefixsched.theory.metrics.gap_bounds`). VTC's ``max`` form holds
+      with it: its proof charges a request's prompt *and* the outputs still to come against the
+      same memory (``w_e*L_input + w_q*outputs <= w_q*M`` when ``w_q >= w_e`` and prompt + outputs
+      fit in ``M``). What fails is an output-only reading of ``M``, not the theorem
       (counterexample in ``papers/dlpm/bounds_findings.md``).
     - :func:`batch_output_capacity` ``= min(kv_capacity_tokens, sum of the
       max_running_requests largest output_len)``, output tokens only. **Default of the DLPM
       checks**: DLPM's ``U`` already adds ``w_e*L_input``, and Thm A.1's induction only needs
       ``M`` to bound the decode charge of the requests already running, which this does (the
       simulator reserves every running request's full output in the KV pool and runs at most
-      ``max_running_requests`` requests). Tighter, so the checks are more sensitive.
+      ``max_running_requests`` requests). Tighter, so the checks are more sensitive; it is also
+      the ``M`` that :mod:`prefixsched.reference.policies.dlpm` documents for its invariant.
+      (An engine that does not reserve whole outputs, such as SGLang's ``new_token_ratio``
+      admission with retraction, needs this argument redone.)
 
     Pass ``M=`` to any check to override.
 ``U``
@@ -100,6 +104,22 @@ from prefixsched.theory.metrics import (
     max_service_gap,
     service_timeline,
 )
+from prefixsched.theory.formulas import (
+    batch_output_capacity,
+    d2lpm_thm_5_1,
+    d2lpm_thm_5_2,
+    d2lpm_thm_a3,
+    d2lpm_thm_a4,
+    dlpm_thm_4_1,
+    dlpm_thm_4_2,
+    dlpm_thm_a1,
+    dlpm_thm_a2_latency,
+    dlpm_U,
+    kv_batch_tokens,
+    max_input_tokens,
+    vtc_two_backlogged_bound,
+    vtc_U,
+)
 from prefixsched.theory.model import Instance
 from prefixsched.theory.trace import ClusterTrace, Trace
 
@@ -126,6 +146,7 @@ __all__ = [
     "check_dlpm_thm_4_1",
     "check_dlpm_thm_4_2",
     "check_dlpm_thm_a1",
+    "check_dlpm_thm_a1_from_join",
     "check_dlpm_deficit_range",
     "check_dlpm_thm_a2_latency",
     "check_dlpm_accounting",
@@ -214,145 +235,7 @@ def _holds(worst: float, bound: float) -> bool:
 # parameters
 
 
-def max_input_tokens(instance: Instance) -> int:
-    """``L_input``: the largest prompt of ``instance``, in tokens."""
-    return max(r.prompt_len for r in instance.requests)
-
-
-def kv_batch_tokens(instance: Instance) -> int:
-    """``M`` read literally: ``limits.kv_capacity_tokens`` (tokens)."""
-    return instance.limits.kv_capacity_tokens
-
-
-def batch_output_capacity(instance: Instance) -> int:
-    """``M`` per instance (module docstring): output tokens one running batch can still produce.
-
-    ``min(kv_capacity_tokens, sum of the max_running_requests largest output_len)``, in tokens.
-    Sound because the simulator reserves each running request's full output in the KV pool and
-    runs at most ``max_running_requests`` requests at once.
-    """
-    outs = sorted((r.output_len for r in instance.requests), reverse=True)
-    top = sum(outs[: instance.limits.max_running_requests])
-    return min(instance.limits.kv_capacity_tokens, top)
-
-
-def _positive(name: str, v: float, *, allow_zero: bool = True) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
-        not allow_zero and v == 0
-    ):
-        raise InputError(name, f"must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
-    return float(v)
-
-
-def vtc_U(L_input: float, M: float, w_e: float = 1.0, w_q: float = 2.0) -> float:
-    """VTC's ``U = max(w_e * L_input, w_q * M)`` (cost units; vtc_fastswitch_preble.md §A.4).
-
-    Raises :class:`InputError` for a negative or non-finite argument.
-    """
-    return max(_positive("w_e", w_e) * _positive("L_input", L_input), _positive("w_q", w_q) * _positive("M", M))
-
-
-def dlpm_U(L_input: float, M: float, w_e: float = 1.0, w_q: float = 2.0) -> float:
-    """DLPM's ``U = w_e * L_input + w_q * M`` (cost units; dlpm.md §1): the most counter a single
-    request can consume, prefill charge plus the decode charge bounded by batch capacity.
-
-    Raises :class:`InputError` for a negative or non-finite argument.
-    """
-    return _positive("w_e", w_e) * _positive("L_input", L_input) + _positive("w_q", w_q) * _positive("M", M)
-
-
-# ---------------------------------------------------------------------------------------------
-# formulas
-
-
-def vtc_two_backlogged_bound(L_input: float, M: float, w_e: float = 1.0, w_q: float = 2.0) -> float:
-    """VTC main theorem (Sheng et al. OSDI'24; vtc_fastswitch_preble.md §A.4).
-
-    For any interval ``[t1, t2)`` in which clients f and g are both backlogged::
-
-        |W_f(t1,t2) - W_g(t1,t2)| <= 2 * max(w_e * L_input, w_q * M)
-
-    ``L_input`` and ``M`` in tokens; returns cost units.
-    """
-    return 2.0 * vtc_U(L_input, M, w_e, w_q)
-
-
-def dlpm_thm_a1(Q_u: float, U: float) -> float:
-    """DLPM Thm A.1 as printed (dlpm.md §4): a client backlogged over ``[t1, t2)`` and refilled
-    ``K_i`` times in it satisfies ``|W_i(t1,t2) - K_i * Q_u| <= max(Q_u, U)`` (cost units).
-
-    Proof gap: with ``q_i in (-U, Q_u]`` the exact identity is
-    ``W_i = K_i*Q_u + q_i(t1) - q_i(t2)``, which only gives ``< Q_u + U``; the printed
-    ``max(Q_u, U)`` drops ``q_i(t1)``. See ``papers/dlpm/bounds_findings.md`` for the empirical test.
-    """
-    return max(_positive("Q_u", Q_u, allow_zero=False), _positive("U", U))
-
-
-def dlpm_thm_4_1(Q_u: float, U: float) -> float:
-    """DLPM Thm 4.1 (dlpm.md §4): for f, g both continuously backlogged on ``[t1, t2)``::
-
-        |W_f(t1,t2) - W_g(t1,t2)| <= 2 * (U + Q_u)        (cost units)
-    """
-    return 2.0 * (_positive("U", U) + _positive("Q_u", Q_u, allow_zero=False))
-
-
-def dlpm_thm_4_2(Q_u: float, U: float) -> float:
-    """DLPM Thm 4.2 (dlpm.md §4): f backlogged on ``[t1, t2)``, g arbitrary (not backlogged)::
-
-        W_g(t1,t2) - W_f(t1,t2) <= 2*U + 2*Q_u            (cost units)
-    """
-    return 2.0 * _positive("U", U) + 2.0 * _positive("Q_u", Q_u, allow_zero=False)
-
-
-def dlpm_thm_a2_latency(n: int, Q_u: float, U: float, a: float) -> float:
-    """DLPM Thm A.2 (dlpm.md §4): with ``n`` clients, a request r_f of a client f that had nothing
-    waiting and nothing running when r_f arrived is dispatched (admitted) within::
-
-        D(r_f) - A(r_f) <= 2 * (n - 1) * (Q_u + U) / a     (seconds)
-
-    ``a``: lower bound on server capacity in cost units per second (> 0).
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError("n", f"must be an integer >= 1, got {n!r}")
-    return 2.0 * (n - 1) * (_positive("Q_u", Q_u, allow_zero=False) + _positive("U", U)) / _positive(
-        "a", a, allow_zero=False
-    )
-
-
-def _workers(n_workers: int) -> int:
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise InputError("n_workers", f"must be an integer >= 1, got {n_workers!r}")
-    return n_workers
-
-
-def d2lpm_thm_a3(Q_u: float, U: float, n_workers: int) -> float:
-    """D²LPM Thm A.3 (dlpm.md §4): ``|sum_w k_{i,w}*Q_u - W_i| <= max(Q_u, U) * |W|`` (cost units),
-    ``k_{i,w}`` the local DLPM refills of client i on worker w, ``|W|`` = ``n_workers``.
-    Inherits Thm A.1's gap (the sound per-worker constant is ``Q_u + U``)."""
-    return dlpm_thm_a1(Q_u, U) * _workers(n_workers)
-
-
-def d2lpm_thm_5_1(Q_u: float, U: float, n_workers: int) -> float:
-    """D²LPM Thm 5.1 (dlpm.md §4): over backlogged clients,
-    ``max_i W_i(t1,t2) - min_i W_i(t1,t2) <= 2 * |W| * (U + Q_u)`` (cost units). ``Q_w`` does not
-    appear (it must only be finite)."""
-    return 2.0 * _workers(n_workers) * (_positive("U", U) + _positive("Q_u", Q_u, allow_zero=False))
-
-
-def d2lpm_thm_5_2(Q_u: float, U: float, n_workers: int) -> float:
-    """D²LPM Thm 5.2 (dlpm.md §4): f backlogged, g not:
-    ``W_g(t1,t2) - W_f(t1,t2) <= 2 * (U + Q_u) * |W|`` (cost units)."""
-    return 2.0 * (_positive("U", U) + _positive("Q_u", Q_u, allow_zero=False)) * _workers(n_workers)
-
-
-def d2lpm_thm_a4(n: int, Q_u: float, U: float, a: float, n_workers: int) -> float:
-    """D²LPM Thm A.4 (dlpm.md §4): under Thm A.2's premise,
-    ``D(r_f) - A(r_f) <= (n - 1) * |W| * (2U + 2Q_u) / a`` (seconds)."""
-    return dlpm_thm_a2_latency(n, Q_u, U, a) * _workers(n_workers)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers on traces (metrics-compatible evaluation points)
+# the theorems' formulas live in prefixsched.theory.formulas (re-exported here)
 
 
 def _params(instance: Instance, M: int | None, *, literal: bool = False) -> tuple[int, int]:
@@ -571,6 +454,58 @@ def check_dlpm_thm_a1(
     return BoundReport(
         "DLPM Thm A.1" + (" (printed max(Q_u,U))" if printed else " (sound Q_u+U)"), bound, worst,
         _holds(worst, bound), witness, checked, {"L_input": L, "M": m, "U": U, "Q_u": Q_u},
+    )
+
+
+def check_dlpm_thm_a1_from_join(
+    instance: Instance, trace: Trace, Q_u: float, *, M: int | None = None
+) -> BoundReport:
+    """Thm A.1's printed bound where its proof is sound: intervals that start when the client
+    joins or rejoins (dlpm.md §4).
+
+    The exact identity is ``W_i(t1,t2) = K_i*Q_u + q_i(t1) - q_i(t2)``; DLPM resets ``q_i`` to 0
+    when i joins, so from a join ``|W_i - K_i*Q_u| = |q_i(t2)| <= max(Q_u, U)`` (``q`` stays in
+    ``(-U, Q_u]``): the printed bound. In general only ``Q_u + U`` holds
+    (:func:`check_dlpm_thm_a1` with ``printed=False``). Scans, for every request that arrives while
+    its client has nothing waiting or running (a join), the backlogged period that starts there and
+    every step end ``t2`` in it: ``W`` from :func:`~prefixsched.theory.metrics.service_timeline`
+    (actual view, service of steps ending in ``(t1, t2]``), ``K`` from the logged
+    ``state()["refills"]`` (``record_states=True``).
+    """
+    L, m = _params(instance, M)
+    w = instance.weights
+    U = dlpm_U(L, m, w.w_e, w.w_q)
+    bound = dlpm_thm_a1(Q_u, U)
+    times, clients, cum = service_timeline(trace, instance, "actual")
+    col = {c: k for k, c in enumerate(clients)}
+    refills = _states_at_steps(trace, "refills")
+    backlog = backlog_intervals(trace)
+    ends = np.asarray(trace.step_end)
+    worst, witness, checked = 0.0, {}, 0
+    for r, pending in zip(trace.requests, _pending_at_arrival(trace)):
+        if pending:
+            continue
+        periods = [p for p in backlog.get(r.client, []) if p[0] == r.arrival]
+        if not periods:
+            continue
+        t1, T1 = periods[0]
+        i0 = int(np.searchsorted(ends, t1, side="right"))  # steps ending after the join
+        i1 = int(np.searchsorted(ends, T1, side="right"))
+        if i1 <= i0:
+            continue
+        checked += 1
+        f = col[r.client]
+        W0 = cum[i0 - 1, f] if i0 > 0 else 0.0
+        K0 = float((refills[i0 - 1] or {}).get(r.client, 0)) if i0 > 0 else 0.0
+        K = np.array([float((refills[i] or {}).get(r.client, 0)) for i in range(i0, i1)])
+        X = np.abs((cum[i0:i1, f] - W0) - (K - K0) * Q_u)
+        j = int(np.argmax(X))
+        if X[j] > worst:
+            worst = float(X[j])
+            witness = {"client": r.client, "join": t1, "t2": float(ends[i0 + j]), "K": int(K[j] - K0)}
+    return BoundReport(
+        "DLPM Thm A.1 printed max(Q_u,U), from a join (q(t1) = 0)", bound, worst, _holds(worst, bound), witness,
+        checked, {"L_input": L, "M": m, "U": U, "Q_u": Q_u},
     )
 
 

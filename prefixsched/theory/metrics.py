@@ -53,12 +53,21 @@ __all__ = [
     "cluster_max_service_gap",
     "summarize",
     "cluster_service_timeline",
+    "jain_windows",
+    "windowed_jain",
+    "backlogged_jain",
+    "gap_bounds",
+    "per_client_table",
+    "demand_per_client",
 ]
 
 _VIEWS = ("actual", "client")
 # max_service_gap: up to this many common backlogged periods per pair, reduce slices one by one;
 # beyond it, one gather + segment reductions (both give the same numbers; tests run both paths)
 _SLICE_MAX_PERIODS = 16
+#: Default Jain window, seconds: the VTC artifact measures its service difference per 60 s window
+#: (vtc_fastswitch_preble.md §A.6).
+JAIN_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -688,21 +697,36 @@ def per_client_totals(
     }
 
 
-def summarize(trace: Trace, instance_weights: ServiceWeights | Instance | None = None) -> dict[str, Any]:
+def summarize(
+    trace: Trace, instance_weights: ServiceWeights | Instance | None = None, *, window_s: float = JAIN_WINDOW_S
+) -> dict[str, Any]:
     """The metrics row the CLI prints (JSON-able; floats unrounded: round only when printing).
 
     Keys: ``policy``, ``n_requests``, ``n_steps``, ``span_s``, ``tokens_per_s``,
     ``output_tokens_per_s``, ``extend_tokens_per_s``, ``hit_rate``, ``ttft_p50/p90/p99``,
-    ``tpot_p50/p99``, ``e2e_p50/p99`` (seconds), ``jain`` (client view, DLPM's figures),
+    ``tpot_p50/p99``, ``e2e_p50/p99`` (seconds), ``jain`` (client view, DLPM's figures: one
+    figure over the *whole* window in which all clients are active, ``jain_scope`` says so),
     ``jain_actual``, ``jain_window``, ``jain_reason``, ``max_service_gap`` (actual view:
-    ``{"value", "pair", "interval"}``), ``per_client`` (:func:`per_client_totals`). Percentiles and
-    rates are None where undefined (no multi-token request, empty window).
+    ``{"value", "pair", "interval"}``), ``per_client`` (:func:`per_client_totals`), and (issue #9)
+    ``jain_windowed`` (:func:`windowed_jain`, ``window_s`` seconds, client view),
+    ``jain_backlogged`` (:func:`backlogged_jain`), ``per_client_table`` (:func:`per_client_table`),
+    ``gap_bounds`` (:func:`gap_bounds`; only when ``instance_weights`` is the :class:`Instance`,
+    whose ``L_input`` and ``M`` the bounds need; DLPM's bound when the trace's policy has a
+    ``quantum`` and no per-client weights). Percentiles and rates are None where undefined (no
+    multi-token request, empty window).
     """
     w = _weights(instance_weights)
     arr = trace_arrays(trace)
     jc = jain_over_active_window(arr, w, view="client")
     ja = jain_over_active_window(arr, w, view="actual")
     gap = max_service_gap(arr, w, view="actual")
+    extras = _fairness_extras(arr, w, window_s)
+    if isinstance(instance_weights, Instance):
+        pol = trace.policy or {}
+        q = pol.get("quantum") if not pol.get("weights") else None
+        extras["gap_bounds"] = gap_bounds(arr, instance_weights, float(q) if isinstance(q, (int, float)) else None)
+    else:
+        extras["gap_bounds"] = None
     return {
         "policy": trace.policy.get("name"),
         "n_requests": len(trace.requests),
@@ -718,6 +742,8 @@ def summarize(trace: Trace, instance_weights: ServiceWeights | Instance | None =
             "interval": list(gap["interval"]) if gap["interval"] else None,
         },
         "per_client": per_client_totals(arr, w),
+        "jain_scope": "whole window in which every client is active (latest first arrival to earliest last finish)",
+        **extras,
     }
 
 
@@ -918,6 +944,8 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     backlogged (waiting on any worker) on a common interval, actual view
     (:func:`cluster_max_service_gap`, the premise scan of D²LPM Thm 5.1). ``n_steps`` is the sum
     over workers.
+    Issue #9's ``jain_windowed`` / ``jain_backlogged`` (60 s windows, client view) use the
+    cluster-wide service curves, ``per_client_table`` the merged trace; ``gap_bounds`` is None.
     """
     inst = cluster_trace.instance
     w = inst.weights
@@ -927,6 +955,7 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     _, _, ta, tb = _active_window(arr)
     jain: dict[str, float | None] = {"client": None, "actual": None}
     reason = None
+    rates: dict[str, float] = {}
     if tb > ta:
         for view in ("client", "actual"):
             times, _names, cum = cluster_service_timeline(cluster_trace.traces, w, view, clients=arr.clients)
@@ -934,9 +963,24 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
             wa = ext[np.searchsorted(times, ta, side="right")]
             wb = ext[np.searchsorted(times, tb, side="right")]
             jain[view] = jain_index((wb - wa) / (tb - ta))
+            if view == "client":
+                rates = {c: float(r) for c, r in zip(arr.clients, (wb - wa) / (tb - ta))}
     else:
         reason = f"no window with all clients active: the earliest last finish {tb} is not after the latest first arrival {ta}"
     gap_value, gap_witness, _ = cluster_max_service_gap(cluster_trace, w)
+    # issue #9: windowed / backlogged Jain on the cluster-wide client-view service (every worker's
+    # step ends), clients and backlogs from the merged trace; per-client table from the merged trace
+    if len(arr.ids):
+        times, _n, cum = cluster_service_timeline(cluster_trace.traces, w, "client", clients=arr.clients)
+        ext = np.vstack([np.zeros((1, C)), cum])
+        extras = {
+            "jain_windowed": _windowed(arr, times, ext, JAIN_WINDOW_S, None, "client", backlogged=False),
+            "jain_backlogged": _windowed(arr, times, ext, JAIN_WINDOW_S, None, "client", backlogged=True),
+        }
+    else:
+        extras = {"jain_windowed": None, "jain_backlogged": None}
+    extras["per_client_table"] = per_client_table(arr, w, service_rates=rates)
+    extras["gap_bounds"] = None  # the single-worker bounds do not apply; see bounds.check_d2lpm_*
     return {
         "policy": cluster_trace.meta.get("local_policy", {}).get("name"),
         "dispatcher": cluster_trace.dispatcher,
@@ -955,4 +999,309 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
             "interval": list(gap_witness["interval"]) if gap_witness else None,
         },
         "per_client": per_client_totals(arr, w),
+        "jain_scope": "whole window in which every client is active (latest first arrival to earliest last finish)",
+        **extras,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# fairness over time (issue #9): windowed Jain, Jain over backlogged clients, gaps against bounds,
+# the per-client table. Service comes from _service_matrix / cluster_service_timeline only.
+
+def jain_windows(t_start: float, t_end: float, window_s: float = JAIN_WINDOW_S, step_s: float | None = None) -> np.ndarray:
+    """Start times of the sliding windows ``[a, a + window_s)`` over ``[t_start, t_end]``.
+
+    ``a = t_start + k * step_s`` for every k with ``a + window_s <= t_end``; ``step_s`` defaults
+    to ``window_s / 4``. A span shorter than one window gives one window starting at ``t_start``
+    (it then reaches past ``t_end``); an empty span gives none.
+
+    Raises
+    ------
+    InputError
+        ``window_s`` or ``step_s`` not a finite number > 0.
+    """
+    for name, v in (("window_s", window_s), ("step_s", window_s if step_s is None else step_s)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+            raise InputError(name, f"must be a finite number > 0, got {v!r}")
+    step = window_s / 4.0 if step_s is None else float(step_s)
+    if not t_end > t_start:
+        return np.empty(0)
+    k = int(np.floor((t_end - t_start - window_s) / step + 1e-9)) if t_end - t_start >= window_s else 0
+    return t_start + step * np.arange(k + 1, dtype=np.float64)
+
+
+def _interval_arrays(iv: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    if not iv:
+        return np.empty(0), np.empty(0)
+    a = np.asarray(iv, dtype=np.float64)
+    return a[:, 0], a[:, 1]
+
+
+def _overlaps(s: np.ndarray, e: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For sorted disjoint ``[s_i, e_i)``: does any meet the window ``[a_k, b_k)``? (per window)"""
+    if s.size == 0:
+        return np.zeros(a.size, dtype=bool)
+    i = np.searchsorted(e, a, side="right")
+    ok = i < s.size
+    out = np.zeros(a.size, dtype=bool)
+    out[ok] = s[i[ok]] < b[ok]
+    return out
+
+
+def _covers(s: np.ndarray, e: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For sorted disjoint ``[s_i, e_i)``: does one of them contain all of ``[a_k, b_k)``?"""
+    if s.size == 0:
+        return np.zeros(a.size, dtype=bool)
+    i = np.searchsorted(e, a, side="right")
+    ok = i < s.size
+    out = np.zeros(a.size, dtype=bool)
+    out[ok] = (s[i[ok]] <= a[ok]) & (e[i[ok]] >= b[ok])
+    return out
+
+
+def _window_service(times: np.ndarray, ext: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Service per window and client, shape ``(K, C)``: ``W(b) - W(a)`` with ``ext[i]`` = service
+    after the first i step ends (steps ending in ``(a, b]``, the module's convention)."""
+    return ext[np.searchsorted(times, b, side="right")] - ext[np.searchsorted(times, a, side="right")]
+
+
+def _jain_rows(service: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Jain's index of each row over its member columns (NaN where fewer than two members)."""
+    x = np.where(member, service, 0.0)
+    n = member.sum(axis=1)
+    s1 = x.sum(axis=1)
+    s2 = (x * x).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        j = np.where(s2 > 0, s1 * s1 / (n * s2), 1.0)
+    return np.where(n >= 2, j, np.nan)
+
+
+def _window_summary(starts: np.ndarray, window_s: float, step: float, j: np.ndarray, view: str, who: str) -> dict[str, Any]:
+    ok = ~np.isnan(j)
+    out: dict[str, Any] = {
+        "mean": None, "min": None, "min_window": None, "windows": int(ok.sum()),
+        "window_s": float(window_s), "step_s": float(step), "view": view, "clients": who,
+    }
+    if ok.any():
+        k = int(np.flatnonzero(ok)[np.argmin(j[ok])])
+        out.update(mean=float(j[ok].mean()), min=float(j[k]), min_window=[float(starts[k]), float(starts[k] + window_s)])
+    return out
+
+
+def _active_intervals(arr: TraceArrays) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per client: union of ``[arrival, finish)`` of its requests (it has a request in the system)."""
+    out = []
+    for c in range(len(arr.clients)):
+        m = arr.client_idx == c
+        out.append(_merge_intervals(arr.arrival[m], arr.finish[m]))
+    return out
+
+
+def _windowed(
+    arr: TraceArrays,
+    times: np.ndarray,
+    ext: np.ndarray,
+    window_s: float,
+    step_s: float | None,
+    view: str,
+    backlogged: bool,
+) -> dict[str, Any]:
+    step = window_s / 4.0 if step_s is None else float(step_s)
+    if len(arr.ids) == 0:
+        starts = jain_windows(0.0, 0.0, window_s, step_s)
+    else:
+        starts = jain_windows(float(arr.arrival.min()), float(arr.finish.max()), window_s, step_s)
+    a, b = starts, starts + window_s
+    C = len(arr.clients)
+    member = np.zeros((starts.size, C), dtype=bool)
+    if backlogged:
+        bl = backlog_intervals(arr)
+        for k, c in enumerate(arr.clients):
+            member[:, k] = _covers(*_interval_arrays(bl[c]), a, b)
+    else:
+        for k, (s, e) in enumerate(_active_intervals(arr)):
+            member[:, k] = _overlaps(s, e, a, b)
+    j = _jain_rows(_window_service(times, ext, a, b), member) if starts.size else np.empty(0)
+    who = "backlogged throughout the window" if backlogged else "with a request in the system during the window"
+    return _window_summary(starts, window_s, step, j, view, who)
+
+
+def _timeline_ext(arr: TraceArrays, w: ServiceWeights, view: str) -> tuple[np.ndarray, np.ndarray]:
+    cum = _service_matrix(arr, w, view)
+    return arr.step_end, np.vstack([np.zeros((1, cum.shape[1])), cum])
+
+
+def windowed_jain(
+    trace: Trace | TraceArrays,
+    weights: ServiceWeights | Instance | None = None,
+    view: str = "client",
+    *,
+    window_s: float = JAIN_WINDOW_S,
+    step_s: float | None = None,
+) -> dict[str, Any]:
+    """Jain's index over sliding windows (:func:`jain_windows`), reported as mean and minimum.
+
+    In window ``[a, a + window_s)`` the clients are those with a request in the system (arrived,
+    not finished) at some moment of the window, and client f's figure is its service
+    ``W_f(a, a + window_s)`` (:func:`service_timeline`'s convention: steps ending in the window).
+    Windows with fewer than two such clients are skipped. A client that sends little and gets all
+    of it lowers the index too (Jain measures equality, not max-min fairness); use
+    :func:`backlogged_jain` for the clients that wanted more than they got. *Decision:* the default
+    view is the client view (DLPM's figures); the default window is 60 s (the VTC artifact's) with
+    a quarter-window step.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``min`` (None without a qualifying window), ``min_window`` ``[a, b]`` (seconds),
+        ``windows`` (how many qualified), ``window_s``, ``step_s``, ``view``, ``clients`` (the rule).
+    """
+    arr = _as_arrays(trace)
+    times, ext = _timeline_ext(arr, _weights(weights), view)
+    return _windowed(arr, times, ext, window_s, step_s, view, backlogged=False)
+
+
+def backlogged_jain(
+    trace: Trace | TraceArrays,
+    weights: ServiceWeights | Instance | None = None,
+    view: str = "client",
+    *,
+    window_s: float = JAIN_WINDOW_S,
+    step_s: float | None = None,
+) -> dict[str, Any]:
+    """Jain's index over sliding windows among the clients backlogged throughout each window.
+
+    As :func:`windowed_jain`, but a window's clients are those with a waiting request at every
+    moment of it (:func:`backlog_intervals`: one backlogged period covers the window): VTC's and
+    DLPM's premise, under which a fair scheduler serves them equally (P1). Windows with fewer than
+    two such clients are skipped, so ``windows`` says how often the premise held.
+    """
+    arr = _as_arrays(trace)
+    times, ext = _timeline_ext(arr, _weights(weights), view)
+    return _windowed(arr, times, ext, window_s, step_s, view, backlogged=True)
+
+
+def gap_bounds(trace: Trace | TraceArrays, instance: Instance, quantum: float | None = None) -> dict[str, Any]:
+    """The largest backlogged service gap next to the theorems' bounds, as ratios.
+
+    - ``vtc``: VTC's ``2*max(w_e*L_input, w_q*M)`` with ``M`` = the batch token capacity
+      (``limits.kv_capacity_tokens``, :func:`~prefixsched.theory.bounds.kv_batch_tokens`: the
+      reading under which VTC's theorem is stated), for every policy, against the gap in the client
+      view (VTC charges full prompts);
+    - ``dlpm`` (only with ``quantum``, DLPM's ``Q_u``): DLPM Thm 4.1's ``2(U + Q_u)``,
+      ``U = w_e*L_input + w_q*M`` with the DLPM checks' ``M``
+      (:func:`~prefixsched.theory.bounds.batch_output_capacity`), against the gap in the actual view
+      (DLPM charges extend tokens).
+
+    Gaps from :func:`max_service_gap`. Returns ``{"vtc": {"gap", "bound", "ratio", "M", "view",
+    "pair", "interval", "period"}, "dlpm": {... , "Q_u", "U"} or None}`` (cost units; ``period`` is
+    the pair's common backlogged period ``[T0, T1)`` containing ``interval``, seconds).
+    """
+    from prefixsched.theory import formulas as B
+
+    arr = _as_arrays(trace)
+    w = instance.weights
+    L = B.max_input_tokens(instance)
+    M = B.kv_batch_tokens(instance)
+    g = max_service_gap(arr, w, "client")
+    vb = B.vtc_two_backlogged_bound(L, M, w.w_e, w.w_q)
+    out: dict[str, Any] = {
+        "vtc": {
+            "gap": g["value"], "bound": vb, "ratio": g["value"] / vb if vb > 0 else None, "M": M,
+            "view": "client", "pair": list(g["pair"]) if g["pair"] else None,
+            "interval": list(g["interval"]) if g["interval"] else None,
+            "period": _common_period(arr, g),
+        },
+        "dlpm": None,
+    }
+    if quantum is not None:
+        Mo = B.batch_output_capacity(instance)
+        U = B.dlpm_U(L, Mo, w.w_e, w.w_q)
+        db = B.dlpm_thm_4_1(float(quantum), U)
+        ga = max_service_gap(arr, w, "actual")
+        out["dlpm"] = {
+            "gap": ga["value"], "bound": db, "ratio": ga["value"] / db, "M": Mo, "U": U, "Q_u": float(quantum),
+            "view": "actual", "pair": list(ga["pair"]) if ga["pair"] else None,
+            "interval": list(ga["interval"]) if ga["interval"] else None,
+            "period": _common_period(arr, ga),
+        }
+    return out
+
+
+def _common_period(arr: TraceArrays, gap: dict[str, Any]) -> list[float] | None:
+    """The common backlogged period ``[T0, T1)`` of the pair of a :func:`max_service_gap` result
+    that contains its interval (None when there is no gap)."""
+    if not gap["pair"]:
+        return None
+    bl = backlog_intervals(arr)
+    f, g = gap["pair"]
+    s, e = _intersect(_interval_arrays(bl[f]), _interval_arrays(bl[g]))
+    t1, t2 = gap["interval"]
+    k = np.flatnonzero((s <= t1) & (e >= t2))
+    return [float(s[k[0]]), float(e[k[0]])] if k.size else None
+
+
+def demand_per_client(trace: Trace | TraceArrays, weights: ServiceWeights | Instance | None = None) -> dict[str, float]:
+    """Client-view demand per client: ``w_e * prompt tokens + w_q * output tokens`` of all its
+    requests (cost units), what it asked for whatever was cached."""
+    arr = _as_arrays(trace)
+    w = _weights(weights)
+    d = np.bincount(
+        arr.client_idx, weights=w.w_e * arr.prompt_len.astype(np.float64) + w.w_q * arr.output_len, minlength=len(arr.clients)
+    )
+    return {c: float(d[k]) for k, c in enumerate(arr.clients)}
+
+
+def per_client_table(
+    trace: Trace | TraceArrays,
+    weights: ServiceWeights | Instance | None = None,
+    *,
+    service_rates: dict[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """One row per client (order of first appearance): what it asked for and what it got.
+
+    - ``demand_share``: its share of the total client-view demand (:func:`demand_per_client`);
+    - ``service_share``: its share of the client-view service delivered in the window in which
+      every client is active (:func:`jain_over_active_window`'s window and rates; None when that
+      window is empty). Over a run that drains its queue every client ends up served in full, so
+      this window, not the whole run, is where shares can differ;
+    - ``requests``, ``ttft_p50_s``, ``ttft_p99_s`` (:func:`request_latencies`, :func:`percentiles`),
+      ``longest_wait_s`` (the longest time one of its requests waited from arrival to its first
+      admission, seconds).
+
+    ``service_rates`` (client -> client-view service rate over that window) replaces the window's
+    rates computed from ``trace``'s own steps (a cluster's merged trace has none).
+    """
+    arr = _as_arrays(trace)
+    w = _weights(weights)
+    C = len(arr.clients)
+    demand = demand_per_client(arr, w)
+    tot = sum(demand.values())
+    rates = service_rates if service_rates is not None else jain_over_active_window(arr, w, view="client")["rates"]
+    rate_tot = sum(rates.values()) if rates else 0.0
+    ttft = request_latencies(arr)["ttft"]
+    wait = arr.admit - arr.arrival
+    n = np.bincount(arr.client_idx, minlength=C)
+    out: dict[str, dict[str, Any]] = {}
+    for k, c in enumerate(arr.clients):
+        m = arr.client_idx == k
+        pc = percentiles(ttft[m], (50, 99))
+        out[c] = {
+            "demand_share": demand[c] / tot if tot > 0 else None,
+            "service_share": (rates[c] / rate_tot) if rates and rate_tot > 0 else None,
+            "requests": int(n[k]),
+            "ttft_p50_s": pc[50],
+            "ttft_p99_s": pc[99],
+            "longest_wait_s": float(wait[m].max()) if m.any() else None,
+        }
+    return out
+
+
+def _fairness_extras(arr: TraceArrays, w: ServiceWeights, window_s: float) -> dict[str, Any]:
+    """The issue-#9 keys shared by :func:`summarize` (single worker)."""
+    times, ext = _timeline_ext(arr, w, "client")
+    return {
+        "jain_windowed": _windowed(arr, times, ext, window_s, None, "client", backlogged=False),
+        "jain_backlogged": _windowed(arr, times, ext, window_s, None, "client", backlogged=True),
+        "per_client_table": per_client_table(arr, w),
     }

@@ -55,7 +55,12 @@ Open questions of dlpm.md §8, settled here:
 
 Admission rule (shared with :mod:`.lpm`): a request that does not fit is skipped and the pass
 goes on. Invariant (Thm A.1): ``-U < q_i <= Q_u`` (times the weight) with
-``U = w_e * L_input + w_q * M``, ``M`` = ``kv_capacity_tokens``.
+``U = w_e * L_input + w_q * M`` and ``M`` = the output tokens one running batch can still produce,
+:func:`prefixsched.theory.bounds.batch_output_capacity` (``min(kv_capacity_tokens, sum of the
+max_running_requests largest outputs)``), the default ``M`` of every DLPM check in
+:mod:`prefixsched.theory.bounds`: ``M`` only has to bound the decode charge of the requests already
+running, and this engine reserves every running request's full output. The literal
+``M = kv_capacity_tokens`` gives a larger ``U``, so the invariant holds with it too.
 """
 
 from __future__ import annotations
