@@ -9,6 +9,7 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
 - ``gap``: each policy's ratio to the proven optimum over many small instances.
 - ``reduce``: build the 3-PARTITION -> TTFT-feasibility reduction with its certificate.
 - ``family``: write a member of an adversarial instance family.
+- ``conformance sglang``: agreement counts against SGLang's own classes (needs SGLang installed).
 
 Errors in the input (a malformed trace line, an unknown policy, a bad value) print one line
 ``prefixsched: error: WHERE: FIELD: PROBLEM`` on stderr and exit with status 2, no traceback.
@@ -538,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int("--n"), default=8, help="size parameter of the family (default: %(default)s)")
     s.add_argument("--out", metavar="FILE", help="instance JSON (stdout if omitted)")
     s.set_defaults(func=cmd_family)
+
+    from prefixsched.integration.cli import add_parser as add_conformance_parser  # conformance sglang
+
+    add_conformance_parser(sub)
     return p
 
 
