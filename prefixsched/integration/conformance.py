@@ -209,10 +209,9 @@ class _SGLangTree:
         if need > a.free:
             self.evicted += t.evict(bp.EvictParams(num_tokens=need - a.free)).num_tokens_evicted
         a.free -= need
-        if self.kind == "sglang_unified":  # it frees value[prev_prefix_len:matched] itself
-            value = torch.zeros(aligned, dtype=torch.int64)
-        else:
-            value = torch.empty(aligned, dtype=torch.bool)
+        # the counting allocator never reads the slots, so the values stay uninitialised; the
+        # unified tree wants int64 and frees value[prev_prefix_len:matched] itself
+        value = torch.empty(aligned, dtype=torch.int64 if self.kind == "sglang_unified" else torch.bool)
         t.insert(bp.InsertParams(key=self.rc.RadixKey(tokens), value=value, prev_prefix_len=pre))
         t.unlock(lock)
         return pre
@@ -974,7 +973,6 @@ def replay_retract_decode(
     InputError
         Malformed input or a value not in whole pages.
     """
-    import torch
     from types import SimpleNamespace
 
     from prefixsched.integration import sglang_env
@@ -991,6 +989,8 @@ def replay_retract_decode(
     if not xs:
         raise InputError("batch", "must not be empty")
     m = _sgl()
+    import torch
+
     sglang_env.publish_config(retraction_policy=retraction_policy)
     ps = page_size
     pages = [-(-x["kv_len"] // ps) * ps for x in xs]
@@ -1078,32 +1078,40 @@ def replay_new_token_ratio(events: Iterable[Any], schedule_conservativeness: flo
     c = schedule_conservativeness
     if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
         raise InputError("schedule_conservativeness", f"must be a positive number, got {c!r}")
-    from prefixsched.integration import sglang_env
-
-    m = _sgl()
-    sglang_env.publish_config(schedule_conservativeness=float(c))
-    tracker = m.new_token_ratio.NewTokenRatioTracker.from_config()
-    values = []
+    evs: list[Any] = []
     for i, ev in enumerate(events):
-        if ev == "decay":
-            tracker.decay_step()
-        elif ev == "reset":
-            tracker.reset()
+        if ev in ("decay", "reset"):
+            evs.append(ev)
         elif isinstance(ev, Mapping) and set(ev) == {"retract"}:
             kept = ev["retract"]
             if not isinstance(kept, (list, tuple)):
                 raise InputError(f"events[{i}].retract", "must be a list of {output_len, max_new_tokens}")
-            reqs = []
             for j, x in enumerate(kept):
                 name = f"events[{i}].retract[{j}]"
                 if not isinstance(x, Mapping) or set(x) != {"output_len", "max_new_tokens"}:
                     raise InputError(name, "must be {\"output_len\": int, \"max_new_tokens\": int}")
                 _nonneg_int(f"{name}.output_len", x["output_len"])
                 _positive_int(f"{name}.max_new_tokens", x["max_new_tokens"])
-                reqs.append(_running_req(m, {"id": f"r{j}", "input_len": 1, "output_len": x["output_len"], "max_new_tokens": x["max_new_tokens"], "priority": None}))
-            tracker.current = tracker.estimate_new_token_ratio_after_retract(reqs)
+            evs.append([dict(x) for x in kept])
         else:
             raise InputError(f"events[{i}]", f"must be 'decay', 'reset' or {{'retract': [...]}}, got {ev!r}")
+    from prefixsched.integration import sglang_env
+
+    m = _sgl()
+    sglang_env.publish_config(schedule_conservativeness=float(c))
+    tracker = m.new_token_ratio.NewTokenRatioTracker.from_config()
+    values = []
+    for ev in evs:
+        if ev == "decay":
+            tracker.decay_step()
+        elif ev == "reset":
+            tracker.reset()
+        else:
+            reqs = [
+                _running_req(m, {"id": f"r{j}", "input_len": 1, "output_len": x["output_len"], "max_new_tokens": x["max_new_tokens"], "priority": None})
+                for j, x in enumerate(ev)
+            ]
+            tracker.current = tracker.estimate_new_token_ratio_after_retract(reqs)
         values.append(float(tracker.current))
     return {"init": float(tracker.init), "min": float(tracker.min), "decay": float(tracker.decay), "values": values}
 

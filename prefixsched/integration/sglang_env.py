@@ -65,7 +65,12 @@ __all__ = [
     "published_config",
     "torchvision_stand_in_active",
     "TINY_LLAMA_CONFIG",
+    "REQUIRE_ENV",
+    "gate_for_tests",
 ]
+
+#: Environment variable under which tests marked ``sglang`` fail (not skip) without SGLang.
+REQUIRE_ENV = "PREFIXSCHED_REQUIRE_SGLANG"
 
 #: Supported SGLang versions -> where each one is used.
 SUPPORTED_VERSIONS: dict[str, str] = {
@@ -162,6 +167,20 @@ def available() -> tuple[bool, str | None]:
     if st.supported or (st.version is not None and os.environ.get("PREFIXSCHED_SGLANG_ANY_VERSION") == "1"):
         return True, None
     return False, st.reason
+
+
+def gate_for_tests(environ: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """What the test suite does with tests marked ``sglang``: ``("run", None)`` when SGLang
+    passes the version check, else ``("fail", reason)`` if ``PREFIXSCHED_REQUIRE_SGLANG=1``
+    (``.ci/run``'s SGLang venv sets it, so a broken install cannot pass as skipped) or
+    ``("skip", reason)``. ``environ`` defaults to ``os.environ``."""
+    env = os.environ if environ is None else environ
+    ok, reason = available()
+    if ok:
+        return "run", None
+    if env.get(REQUIRE_ENV) == "1":
+        return "fail", f"{REQUIRE_ENV}=1 but SGLang cannot be used: {reason}"
+    return "skip", f"sglang: {reason}"
 
 
 def torchvision_stand_in_active() -> bool:
