@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from prefixsched.integration.cli import add_parser as add_conformance_parser  # conformance sglang
 
-    add_conformance_parser(sub)
+    add_conformance_parser(sub, _int_at_least)
     return p
 
 

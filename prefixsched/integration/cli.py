@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefixsched.errors import InputError
 
@@ -30,34 +30,16 @@ DEFAULT_PAGES = (1, 16, 512)
 DEFAULT_CAPACITIES = ("none", "1", "4", "16")
 
 
-def _capacity(text: str) -> str:
-    t = text.strip().lower()
-    if t == "none":
-        return t
-    try:
-        v = int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--capacities: must be 'none' or an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"--capacities: must be 'none' or an integer >= 1, got {text!r}")
-    return str(v)
+def add_parser(sub: Any, int_at_least: Callable[[str, int], Callable[[str], int]]) -> None:
+    """Add ``conformance`` (with its ``sglang`` target) to the ``prefixsched`` subparsers.
 
+    ``int_at_least(option, minimum)`` is the CLI's argparse type for bounded integers (passed in
+    because this layer does not import the CLI)."""
+    _int_min = int_at_least
+    k_times = int_at_least("--capacities ('none' or K)", 1)
 
-def _int_min(name: str, lo: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: must be an integer, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"{name}: must be >= {lo}, got {v}")
-        return v
-
-    return parse
-
-
-def add_parser(sub: Any) -> None:
-    """Add ``conformance`` (with its ``sglang`` target) to the ``prefixsched`` subparsers."""
+    def _capacity(text: str) -> str:
+        return "none" if text.strip().lower() == "none" else str(k_times(text))
     from prefixsched.integration.conformance import RADIX_TREES
 
     p = sub.add_parser(

@@ -12,23 +12,30 @@ importing this module imports neither SGLang nor torch. Paths below are under
 
 Functions
 ---------
-- :func:`radix_match_lengths`: SGLang's ``srt/mem_cache/radix_cache.py::RadixCache`` against
-  :class:`prefixsched.reference.radix_cache.RadixCache` on an instance's prompts.
+- :func:`compare_radix_trees` (and its two-tree form :func:`radix_match_lengths`): SGLang's
+  ``srt/mem_cache/radix_cache.py::RadixCache``, its production ``UnifiedRadixCache`` and
+  :class:`prefixsched.reference.radix_cache.RadixCache` replay an instance's prompts side by side.
 - :func:`replay_prefill_pass`: one prefill scheduling pass, ``srt/managers/scheduler.py::
   Scheduler._get_new_batch_prefill_raw`` itself, on an *AdmissionState* (format below).
 - :func:`replay_retraction_order`, :func:`replay_retract_decode`: decode-OOM retraction
   (``srt/managers/schedule_batch.py::ScheduleBatch._get_decode_retraction_order`` /
   ``retract_decode``).
 - :func:`replay_new_token_ratio`: ``srt/managers/scheduler_components/new_token_ratio_tracker.py``.
-- :func:`unified_radix_cache_report`: whether the production tree (``UnifiedRadixCache``) can
-  be built on CPU and, if so, its agreement with ``RadixCache``.
-- :func:`compare_passes`: replays engine pass records (``simulate(..., on_pass=...)``) and
-  counts agreements field by field.
+- :func:`unified_radix_cache_report`: whether ``UnifiedRadixCache`` can be built on CPU.
+- :func:`compare_passes`, :func:`run_engine_comparison`: engine pass records
+  (``simulate(..., engine="sglang", on_pass=...)``) replayed in SGLang, agreements counted field
+  by field.
 
-Determinism. SGLang's radix tree stamps ``time.monotonic()`` for LRU. While a replay runs, the
+Versions: written against and tested on SGLang 0.5.23 (CPU). 0.5.17, the GPU image's version,
+passes :mod:`~prefixsched.integration.sglang_env`'s check and has the same module layout (read
+from its wheel: ``NewTokenRatioTracker.from_server_args`` instead of ``from_config``, handled);
+the replays are not exercised on it.
+
+Determinism (and no threads). SGLang's radix tree stamps ``time.monotonic()`` for LRU. While a replay runs, the
 ``time`` name inside ``srt/mem_cache/radix_cache.py`` is swapped for a counter (each call one
 tick later, strictly increasing, as the real clock is in practice), so the same input gives the
-same bytes; SGLang's own code is not changed. Nothing else is patched: instance attributes of
+same bytes; SGLang's own code is not changed. The swap is process-wide while it lasts, so
+the replays are not thread-safe. Nothing else is patched: instance attributes of
 the objects built here wrap ``SchedulePolicy.calc_priority`` and
 ``SchedulePolicy._compute_prefix_matches`` to *record* their results, and a ``PrefillAdder``
 subclass returned by ``Scheduler.get_prefill_adder_class`` (SGLang's documented override point)
@@ -399,9 +406,14 @@ def _nonneg_int(name: str, v: Any) -> int:
     return v
 
 
-def _token_list(name: str, v: Any, *, nonempty: bool = True) -> list[int]:
+def _list(name: str, v: Any) -> Sequence[Any]:
     if not isinstance(v, (list, tuple)):
-        raise InputError(name, f"must be a list of token ids, got {type(v).__name__}")
+        raise InputError(name, f"must be a list, got {type(v).__name__}")
+    return v
+
+
+def _token_list(name: str, v: Any, *, nonempty: bool = True) -> list[int]:
+    _list(name, v)
     if nonempty and not v:
         raise InputError(name, "must not be empty")
     for j, t in enumerate(v):
@@ -469,10 +481,7 @@ def validate_admission_state(state: Any) -> dict[str, Any]:
         raise InputError("state.batch_is_full", f"must be true or false, got {state['batch_is_full']!r}")
     s["batch_is_full"] = state["batch_is_full"]
     for f in ("tree", "locks"):
-        v = state[f]
-        if not isinstance(v, (list, tuple)):
-            raise InputError(f"state.{f}", f"must be a list of token lists, got {type(v).__name__}")
-        s[f] = [_token_list(f"state.{f}[{i}]", x) for i, x in enumerate(v)]
+        s[f] = [_token_list(f"state.{f}[{i}]", x) for i, x in enumerate(_list(f"state.{f}", state[f]))]
     ids: set[str] = set()
 
     def fresh(name: str, rid: str) -> None:
@@ -480,11 +489,8 @@ def validate_admission_state(state: Any) -> dict[str, Any]:
             raise InputError(name, f"duplicate request id {rid!r}")
         ids.add(rid)
 
-    run = state["running"]
-    if not isinstance(run, (list, tuple)):
-        raise InputError("state.running", f"must be a list, got {type(run).__name__}")
     s["running"] = []
-    for i, x in enumerate(run):
+    for i, x in enumerate(_list("state.running", state["running"])):
         name = f"state.running[{i}]"
         x = _record(name, x, {"id": "", "max_new_tokens": "", "output_len": ""}, optional=("input_len",))
         _positive_int(f"{name}.max_new_tokens", x["max_new_tokens"])
@@ -504,11 +510,8 @@ def validate_admission_state(state: Any) -> dict[str, Any]:
             raise InputError("state.chunked.prefix_len", f"must be < len(fill) = {len(x['fill'])}, got {p}")
         fresh("state.chunked.id", x["id"])
         s["chunked"] = x
-    q = state["queue"]
-    if not isinstance(q, (list, tuple)):
-        raise InputError("state.queue", f"must be a list, got {type(q).__name__}")
     s["queue"] = []
-    for i, x in enumerate(q):
+    for i, x in enumerate(_list("state.queue", state["queue"])):
         name = f"state.queue[{i}]"
         x = _record(name, x, {"id": "", "fill": "", "max_new_tokens": "", "output_len": ""})
         x["fill"] = _token_list(f"{name}.fill", x["fill"])
@@ -767,8 +770,10 @@ def replay_prefill_pass(state: Mapping[str, Any], policy: str) -> dict[str, Any]
         ``{"policy", "active_policy" (after the >128 fallback; None if calc_priority did not
         run), "ran": bool (False on an early return), "order": ids after calc_priority (the
         queue order if it did not run), "prefix_match": {id: num_matched_prefix_tokens as
-        calc_priority left it (LPM key, min(page-aligned hit, len-1))}, "deprioritized": sorted
-        ids, "admitted": can_run_list ids in order (a resumed chunked request first),
+        calc_priority left it (LPM key, min(page-aligned hit, len-1)); empty when the active
+        policy does not match (FCFS over RadixCache)}, "deprioritized": sorted ids of
+        ``temporary_deprioritized`` (computed for every cache-aware policy; LPM sorts by it,
+        dfs-weight does not), "admitted": can_run_list ids in order (a resumed chunked request first),
         "extend": {id: extend tokens this pass}, "prefix": {id: prefix tokens reused},
         "chunked": None | {"id", "extend_len"} (the request left chunked after the pass),
         "stop": "CONTINUE" | "NO_TOKEN" | "OTHER" | "BATCH_FULL" | None, "stop_where":
@@ -844,8 +849,7 @@ def replay_prefill_pass(state: Mapping[str, Any], policy: str) -> dict[str, Any]
 
 
 def _decode_batch_list(batch: Any, *, with_kv: bool = False) -> list[dict[str, Any]]:
-    if not isinstance(batch, (list, tuple)):
-        raise InputError("batch", f"must be a list of requests, got {type(batch).__name__}")
+    _list("batch", batch)
     fields = {"id": "", "input_len": "", "output_len": ""}
     out, ids = [], set()
     for i, x in enumerate(batch):
@@ -1083,9 +1087,7 @@ def replay_new_token_ratio(events: Iterable[Any], schedule_conservativeness: flo
         if ev in ("decay", "reset"):
             evs.append(ev)
         elif isinstance(ev, Mapping) and set(ev) == {"retract"}:
-            kept = ev["retract"]
-            if not isinstance(kept, (list, tuple)):
-                raise InputError(f"events[{i}].retract", "must be a list of {output_len, max_new_tokens}")
+            kept = _list(f"events[{i}].retract", ev["retract"])
             for j, x in enumerate(kept):
                 name = f"events[{i}].retract[{j}]"
                 if not isinstance(x, Mapping) or set(x) != {"output_len", "max_new_tokens"}:
@@ -1099,7 +1101,11 @@ def replay_new_token_ratio(events: Iterable[Any], schedule_conservativeness: flo
 
     m = _sgl()
     sglang_env.publish_config(schedule_conservativeness=float(c))
-    tracker = m.new_token_ratio.NewTokenRatioTracker.from_config()
+    cls = m.new_token_ratio.NewTokenRatioTracker
+    if hasattr(cls, "from_config"):  # 0.5.23 reads the published config
+        tracker = cls.from_config()
+    else:  # 0.5.17: NewTokenRatioTracker.from_server_args(server_args)
+        tracker = cls.from_server_args(sglang_env.published_server_args())
     values = []
     for ev in evs:
         if ev == "decay":
@@ -1195,10 +1201,11 @@ def compare_passes(records: Iterable[Any], policy: str, *, keep: int = 5) -> dic
     ``simulate(..., on_pass=callback)`` emits them.
 
     - ``"prefill"`` records: :func:`replay_prefill_pass` on ``state`` with ``policy``; compared:
-      ``admitted`` (list, in order), ``chunked`` (id and this pass's chunk tokens),
-      ``deprioritized`` (as sets), ``queue_after`` (list: the waiting queue after the pass, i.e.
-      the sorted order of the pass minus the admitted requests, which is how consecutive passes
-      see SGLang's persistent, stably sorted queue).
+      ``admitted`` (list, in SGLang's ``can_run_list`` order: a resumed chunked request first),
+      ``chunked`` (id and this pass's chunk tokens), ``deprioritized`` (as sets),
+      ``queue_after`` (list: the waiting queue after the pass, i.e. the sorted order of the pass
+      minus the admitted requests; a request left chunked is not in it. This is how consecutive
+      passes see SGLang's persistent, stably sorted queue).
     - ``"decode"`` records with a non-empty ``retracted``: :func:`replay_retraction_order` on
       ``state["running"]`` (with ``input_len``); compared: ``retracted`` against the first
       ``len(retracted)`` ids of SGLang's retraction order (how many are retracted depends on

@@ -42,6 +42,7 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import sys
@@ -63,6 +64,7 @@ __all__ = [
     "load",
     "publish_config",
     "published_config",
+    "published_server_args",
     "torchvision_stand_in_active",
     "TINY_LLAMA_CONFIG",
     "REQUIRE_ENV",
@@ -343,12 +345,24 @@ def publish_config(**server_args: Any) -> dict[str, Any]:
         return dict(cfg)
     server_args_mod = importlib.import_module("sglang.srt.server_args")
     runtime_context = importlib.import_module("sglang.srt.runtime_context")
-    sa = server_args_mod.ServerArgs(model_path=_model_dir(), **cfg)
-    runtime_context.publish(sa, role="scheduler")
+    log = logging.getLogger("sglang")
+    level = log.level
+    log.setLevel(logging.ERROR)  # CPU-fallback notices (no Intel AMX, ...) are not ours to print
+    try:
+        sa = server_args_mod.ServerArgs(model_path=_model_dir(), **cfg)
+        runtime_context.publish(sa, role="scheduler")
+    finally:
+        log.setLevel(level)
     _STATE["config"] = cfg
+    _STATE["server_args"] = sa
     return dict(cfg)
 
 
 def published_config() -> dict[str, Any]:
     """The ServerArgs fields last published by :func:`publish_config` (empty before)."""
     return dict(_STATE["config"] or {})
+
+
+def published_server_args() -> Any:
+    """The ``ServerArgs`` object last published (None before :func:`load`)."""
+    return _STATE.get("server_args")
