@@ -12,6 +12,7 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
 - ``live``: drive a real SGLang server (the plugin's policies) and compare it with the bounds and
   the simulator (:mod:`prefixsched.integration.live`).
 - ``check``: judge a policy of your own (``module:Class``) with the invariant suite.
+- ``conformance sglang``: agreement counts against SGLang's own classes (needs SGLang installed).
 
 Conventions (every subcommand)
 ------------------------------
@@ -846,6 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
     from prefixsched import check_cli
 
     check_cli.add_parser(sub, _positive_int, _nonneg_int)
+    from prefixsched.integration.cli import add_parser as add_conformance_parser  # conformance sglang
+
+    add_conformance_parser(sub, lambda name, lo: _int_in(name, lo))
     return p
 
 

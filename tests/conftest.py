@@ -16,6 +16,10 @@ Tests that want the profile's count must not hard-code ``max_examples`` in ``@se
 Slow tests (``@pytest.mark.slow``) are skipped unless ``--runslow`` is given or the environment
 sets ``PREFIXSCHED_SLOW=1``. CI (``.ci/run``) runs ``pytest`` and then
 ``pytest -m slow --runslow`` with the ``ci`` profile, i.e. every slow test in its reduced form.
+
+Tests marked ``sglang`` drive SGLang's own classes. Without a supported SGLang they skip with
+the reason, unless ``PREFIXSCHED_REQUIRE_SGLANG=1`` (set by ``.ci/run`` in its SGLang venv):
+then they fail (``prefixsched.integration.sglang_env.test_gate``).
 """
 
 from __future__ import annotations
@@ -52,9 +56,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any(item.get_closest_marker("sglang") for item in items):
+        from prefixsched.integration.sglang_env import gate_for_tests
+
+        action, reason = gate_for_tests()
+        if action == "skip":
+            for item in items:
+                if item.get_closest_marker("sglang"):
+                    item.add_marker(pytest.mark.skip(reason=reason))
+        elif action == "fail":
+            config.stash[_SGLANG_FAILURE] = reason
     if config.getoption("--runslow") or os.environ.get("PREFIXSCHED_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: give --runslow or PREFIXSCHED_SLOW=1")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+_SGLANG_FAILURE = pytest.StashKey[str]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = item.config.stash.get(_SGLANG_FAILURE, None)
+    if reason is not None and item.get_closest_marker("sglang"):
+        pytest.fail(reason, pytrace=False)

@@ -33,8 +33,14 @@ Decisions where SGLang leaves a choice open or differs for simulation purposes (
   integer clock by one; every node on its path gets that value as ``last_access``. LRU order is
   ``(last_access, id)`` ascending, so ties are broken by creation order (deterministic).
 - Split convention: the *original* node object stays the lower part (keeps its children,
-  ``lock_ref``, ``id``, ``last_access``); a *new* node becomes the upper part and copies
-  ``lock_ref`` and ``last_access``. Node references held by callers stay valid.
+  ``lock_ref`` and ``id``); a *new* node becomes the upper part and copies ``lock_ref`` and
+  ``last_access``. Node references held by callers stay valid.
+- LRU at a split, as SGLang: ``_match_prefix_helper`` and ``_insert_helper`` stamp the partly
+  matched child's ``last_access_time`` *before* ``_split_node`` cuts it, so after a touching
+  split (``match_prefix(split=True, touch=True)``, or ``insert`` ending inside an edge) the lower
+  part, too, carries the operation's clock. In ``insert`` the lower part is stamped after the
+  operation's own eviction (SGLang allocates, and may evict, before it inserts), so a tail that
+  this eviction removed stays removed. A split without touch keeps every age.
 - ``match_prefix`` without ``split`` returns the node whose edge contains the end of the match
   (root for an empty match); with ``split=True`` that node ends exactly at the match.
 - Single-child chains are never merged (SGLang does not merge either).
@@ -313,6 +319,13 @@ class RadixCache:
         if node is not root and not node.children and node.lock_ref == 0:
             self._push(node)
 
+    def _stamp(self, node: TreeNode) -> None:
+        """Give ``node`` (the lower part of a touching split) the current clock, as SGLang
+        stamps the partly matched child before splitting it (module docstring)."""
+        node.last_access = self._clock
+        if not node.children and node.lock_ref == 0:
+            self._push(node)
+
     def _push(self, node: TreeNode) -> None:
         """Offer ``node`` to the lazy LRU heap (entries are validated when popped)."""
         heap = self._heap
@@ -355,11 +368,15 @@ class RadixCache:
         if type(keys) is not tuple:
             keys = tuple(keys)
         node, p = self._walk(keys, self._root, 0)
+        lower = None
         if split and p < node.depth:
+            lower = node
             node = self._split(node, p - node.start)
         if touch and p > 0:
             self._clock += 1
             self._touch(node)
+            if lower is not None:
+                self._stamp(lower)
         if count_hit:
             self.stats.hit_tokens += key_tokens(keys[:p], self.page_size)
         return MatchResult(p, node)
@@ -398,7 +415,9 @@ class RadixCache:
                     f"insert needs {need} new tokens; free {free}, evictable off the path {avail} "
                     f"(capacity {self.capacity_tokens}, in tree {self.total_tokens}, reserved {self._reserved})"
                 )
+        lower = None
         if p < node.depth:
+            lower = node
             node = self._split(node, p - node.start)
         if need > free:
             self.inc_lock_ref(node)
@@ -427,6 +446,8 @@ class RadixCache:
                         self._reattach(w, *self._walk(w.keys, parent, p))
             node = leaf
         self._touch(node)
+        if lower is not None and lower.alive:
+            self._stamp(lower)
         self._flush()
         return InsertResult(new_pages, node)
 
