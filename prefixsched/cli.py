@@ -83,7 +83,15 @@ from typing import Any, Iterator, Sequence
 
 from prefixsched import scenario_cli
 from prefixsched._table import _fmt, _table
-from prefixsched.errors import Interrupted, InputError, PrefixschedError, SolveInterrupted, SolverLimitError
+from prefixsched.errors import (
+    Interrupted,
+    InputError,
+    PrefixschedError,
+    SolveInterrupted,
+    SolverLimitError,
+    clear_signals,
+    note_signal,
+)
 
 DEFAULT_POLICIES = ("fcfs", "lpm", "k-lpm", "vtc", "dlpm")
 
@@ -861,27 +869,40 @@ def build_parser() -> argparse.ArgumentParser:
 def _termination_as_interrupt() -> Iterator[None]:
     """While the command runs, SIGTERM and SIGHUP raise :class:`~prefixsched.errors.Interrupted`
     (a ``KeyboardInterrupt``), so they unwind like Ctrl-C: temporary files removed, exit 128+signum.
-    Only in the main thread (where Python runs signal handlers); the old handlers come back after."""
+    Every signal is also recorded (:func:`~prefixsched.errors.note_signal`), so one whose
+    exception Python swallowed (raised inside a finaliser) stops the next
+    :func:`~prefixsched.errors.raise_if_interrupted` of a long loop. Only in the main thread (where
+    Python runs signal handlers); the old handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        note_signal(signum)
         raise Interrupted(signum)
 
+    def on_sigint(signum: int, frame: Any) -> None:
+        note_signal(signum)  # sticky: a KeyboardInterrupt lost in a finaliser is raised again
+        raise KeyboardInterrupt
+
     old: dict[int, Any] = {}
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+    wanted: list[tuple[Any, Any]] = [(signal.SIGTERM, handler), (getattr(signal, "SIGHUP", None), handler)]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # leave a caller's own handler
+        wanted.append((signal.SIGINT, on_sigint))
+    for sig, h in wanted:
         if sig is None:
             continue
         try:
-            old[sig] = signal.signal(sig, handler)
+            old[sig] = signal.signal(sig, h)
         except (OSError, ValueError):  # pragma: no cover - not settable here
             pass
+    clear_signals()
     try:
         yield
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        clear_signals()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

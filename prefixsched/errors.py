@@ -61,6 +61,33 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"signal {self.signum}")
 
 
+#: Signals the CLI's handlers received during this command (:func:`note_signal`); a
+#: ``KeyboardInterrupt`` raised where Python swallows it (a finaliser, a GC callback: "Exception
+#: ignored in ...") still stops the next :func:`raise_if_interrupted` check.
+_PENDING: list[int] = []
+
+
+def note_signal(signum: int) -> None:
+    """Record that ``signum`` arrived (the CLI's signal handlers call it before raising)."""
+    _PENDING.append(int(signum))
+
+
+def clear_signals() -> None:
+    """Forget recorded signals (the CLI calls it when a command starts and ends)."""
+    _PENDING.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise the interrupt for a recorded signal that was lost on its way (long loops call this
+    between iterations): :class:`Interrupted` for SIGTERM/SIGHUP, ``KeyboardInterrupt`` for SIGINT.
+    Does nothing when no signal was recorded (always, outside the CLI)."""
+    if _PENDING:
+        signum = _PENDING[0]
+        if signum == 2:
+            raise KeyboardInterrupt
+        raise Interrupted(signum)
+
+
 class SolveInterrupted(KeyboardInterrupt):
     """An exact solve stopped by an interrupt (Ctrl-C, SIGTERM), carrying what it had.
 

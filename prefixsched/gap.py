@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from prefixsched.errors import InputError
+from prefixsched.errors import InputError, raise_if_interrupted
 from prefixsched.theory.cost import CostModel
 from prefixsched.theory.model import Instance, Limits, Request
 
@@ -241,6 +241,7 @@ def run_gap(
         ratios={p: [] for p in policies}, delta=delta,
     )
     for inst in tqdm(insts, desc="instances", file=__import__("sys").stderr, disable=not progress, leave=False):
+        raise_if_interrupted()
         res = solve(inst, model=model, objective=objective, solver=solver, time_limit=time_limit, delta=delta)
         if not res.optimal:
             report.unproven += 1

@@ -236,6 +236,34 @@ def test_cli_gap_stops_on_interrupt(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_gap_stops_on_an_interrupt_python_swallowed(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt was raised inside a finaliser ("Exception ignored in")
+    is lost to the code; the recorded signal still stops the loop before its next solve."""
+    import signal as _signal
+
+    import prefixsched.theory.exact as exact
+
+    calls = []
+    real = exact.solve
+
+    def solve_then_lose_the_interrupt(*a, **k):
+        calls.append(1)
+        res = real(*a, **k)
+        handler = _signal.getsignal(_signal.SIGINT)
+        try:
+            handler(_signal.SIGINT, None)  # what the CLI's SIGINT handler does ...
+        except KeyboardInterrupt:
+            pass  # ... and the exception swallowed, as in a __del__
+        return res
+
+    monkeypatch.setattr(exact, "solve", solve_then_lose_the_interrupt)  # run_gap imports it per call
+    code, _, err = run(["gap", "--n", "4", "--instances", "50", "--solver", "dp", "--policies", "fcfs",
+                        "--no-progress", "--json", str(tmp_path / "g.json")], capsys)
+    assert code == 130 and "interrupted (SIGINT)" in err
+    assert len(calls) == 1 and list(tmp_path.iterdir()) == []
+    assert _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler  # restored after main()
+
+
 def test_sigterm_during_png_write_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
     """SIGTERM arriving while the PNG is written (here: raised from inside savefig, as the CLI's
     handler does) unwinds like Ctrl-C: the temporary file is removed, the old file kept, exit 143."""
