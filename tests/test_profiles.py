@@ -77,7 +77,9 @@ def test_builtin_profiles_have_attention_and_kv_read_terms_and_valid_limits():
         81_559, 16.06e9, 131_072
     )
     assert get_profile("vtc-a10g").limits.kv_capacity_tokens == 10_000  # the artifact's pool
-    assert default_limits(512) == Limits(**{**asdict(h.limits), "page_size": 512})
+    # the pool is floored to whole pages, as SGLang's pool_configurator does
+    assert default_limits(512) == Limits(**{**asdict(h.limits), "page_size": 512, "kv_capacity_tokens": 422_400})
+    assert default_limits(1) == h.limits and default_limits(32).kv_capacity_tokens == 422_400
 
 
 def test_profile_json_round_trip_and_file_loading(tmp_path):

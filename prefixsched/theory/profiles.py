@@ -442,8 +442,11 @@ def default_profile() -> CostProfile:
 
 def default_limits(page_size: int = 1) -> Limits:
     """The default profile's limits with ``page_size`` (what the trace loader and the workload
-    generators use when no limits are given)."""
-    return replace(default_profile().limits, page_size=page_size)
+    generators use when no limits are given). The KV pool is floored to whole pages, as SGLang
+    sizes it (``model_executor/pool_configurator.py``: ``max_total_num_tokens // page_size *
+    page_size``)."""
+    lim = default_profile().limits
+    return replace(lim, page_size=page_size, kv_capacity_tokens=lim.kv_capacity_tokens // page_size * page_size)
 
 
 def load_profile(spec: str | os.PathLike[str]) -> CostProfile:
