@@ -162,22 +162,25 @@ RADIX_TREES = ("prefixsched", "sglang_radix", "sglang_unified")
 class _OursTree:
     """prefixsched's RadixCache, driven as an engine admits a prompt."""
 
-    def __init__(self, cap: int, page_size: int) -> None:
+    def __init__(self, cap: int, page_size: int, requests: Sequence[Any]) -> None:
         from prefixsched.reference.radix_cache import RadixCache
-        from prefixsched.theory.model import page_keys
+        from prefixsched.theory.model import PageKeys, key_tokens
 
         self.cache = RadixCache(cap, page_size)
-        self.page_keys = page_keys
+        # the engines' keys: consistent across the replayed prompts (at page 1 a block prompt's
+        # compressed keys are cut where any prompt ends inside the block)
+        self.page_keys = PageKeys(requests, page_size).keys
+        self.key_tokens = key_tokens
         self.ps = page_size
 
     def admit(self, prompt: Any, tokens: array) -> int:
-        keys = self.page_keys(prompt, self.ps)
+        keys = self.page_keys(prompt)
         c = self.cache
         m = c.match_prefix(keys, split=True, touch=True)
         c.inc_lock_ref(m.node)
         c.insert(keys)  # evicts the shortfall itself, the matched path pinned
         c.dec_lock_ref(m.node)
-        return m.pages * self.ps
+        return self.key_tokens(keys[: m.pages], self.ps)  # page-1 keys of a BlockPrompt cover several tokens
 
     def totals(self) -> tuple[int, int]:
         return self.cache.stats.evicted_tokens, self.cache.total_tokens
@@ -254,7 +257,8 @@ def compare_radix_trees(
       its tree core is the Rust one by default), same calls. It frees the duplicate part of
       ``value`` itself, from ``prev_prefix_len`` on, so ``prev_prefix_len`` is the hit.
     - ``"prefixsched"``: :class:`prefixsched.reference.radix_cache.RadixCache` over
-      :func:`prefixsched.theory.model.page_keys` -- ``match_prefix(split=True, touch=True)`` ->
+      :class:`prefixsched.theory.model.PageKeys` of the replayed requests (the engines' keys) --
+      ``match_prefix(split=True, touch=True)`` ->
       ``inc_lock_ref`` -> ``insert`` (which evicts the same shortfall, the path pinned) ->
       ``dec_lock_ref``.
 
@@ -326,7 +330,7 @@ def compare_radix_trees(
     per = {n: {"agree": 0, "hit_tokens": 0, "first_disagreements": []} for n in names}
     clock = _deterministic_clock() if uses_sglang else contextlib.nullcontext()
     with clock:
-        drivers = {n: (_OursTree(cap, page_size) if n == "prefixsched" else _SGLangTree(n, cap, page_size)) for n in names}
+        drivers = {n: (_OursTree(cap, page_size, reqs) if n == "prefixsched" else _SGLangTree(n, cap, page_size)) for n in names}
         for i, r in enumerate(reqs):
             toks = _tokens(r.prompt) if uses_sglang else array("q")
             got = {n: d.admit(r.prompt, toks) for n, d in drivers.items()}
@@ -1294,15 +1298,12 @@ NATIVE_POLICY = {"fcfs": "fcfs", "lpm": "lpm"}
 
 def engine_comparison_available() -> tuple[bool, str | None]:
     """Whether this build's simulator offers ``simulate(instance, policy, engine="sglang",
-    on_pass=callback)`` (feature detection on its signature); ``(False, reason)`` if not."""
-    import inspect
-
+    on_pass=callback)`` (feature detection on ``simulator.ENGINES``); ``(False, reason)`` if not."""
     from prefixsched.reference import simulator
 
-    params = inspect.signature(simulator.simulate).parameters
-    if "on_pass" in params and "engine" in params:
+    if "sglang" in getattr(simulator, "ENGINES", {}):  # on_pass is an option of the sglang engine
         return True, None
-    return False, "engine comparison not available in this build (simulate() has no engine=/on_pass=)"
+    return False, "engine comparison not available in this build (simulate() has no engine='sglang')"
 
 
 def run_engine_comparison(
