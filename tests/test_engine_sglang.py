@@ -130,7 +130,7 @@ def test_stop_at_the_first_misfit_while_the_ideal_engine_skips_it():
     tr, recs = passes(i, "lpm")
     by = {r.id: r for r in tr.requests}
     assert by["small"].admit_step > by["run"].finish_step  # held until the running request left
-    second = next(p for p in recs if "big" in p.queue_after)
+    second = next(p for p in recs if "big" in p.walk_order)
     assert second.stop == "NO_TOKEN" and second.admitted == () and second.batch_is_full
     ideal = simulate(i, create("lpm"), engine="ideal")
     iby = {r.id: r for r in ideal.requests}
@@ -215,7 +215,7 @@ def test_native_lpm_orders_by_hit_deprioritises_in_batch_duplicates_and_keeps_ti
     p = next(r for r in recs if "hot" in r.queue_before)
     assert p.queue_before == ("cold1", "cold2", "warm", "hot")
     assert p.deprioritized == ("cold2",)
-    assert p.queue_after == ("hot", "warm", "cold1", "cold2")
+    assert p.walk_order == ("hot", "warm", "cold1", "cold2")
 
 
 def test_lpm_sort_key_is_min_match_len_minus_one_not_the_page_aligned_prefix():
@@ -236,7 +236,7 @@ def test_lpm_falls_back_to_fcfs_above_128_waiting_and_keeps_the_last_order():
     i = inst(reqs, cost=STEPPED, kv_capacity_tokens=1_000_000, max_prefill_tokens=10_000, max_running_requests=1000, page_size=1)
     _, recs = passes(i, "lpm")
     p = next(r for r in recs if "hot" in r.queue_before)
-    assert len(p.queue_before) == 131 and p.queue_after == p.queue_before  # FCFS: no sort
+    assert len(p.queue_before) == 131 and p.walk_order == p.queue_before  # FCFS: no sort
 
 
 def test_retraction_order_function():

@@ -9,6 +9,7 @@ the top need no SGLang.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -189,17 +190,13 @@ def test_prefixsched_fcfs_admits_exactly_as_sglang_fcfs(sgl, kv):
 
 
 @pytest.mark.sglang
-def test_under_kv_pressure_the_only_difference_is_sglangs_waiting_prefix_touch(sgl, monkeypatch):
-    """With a small KV pool, SGLang 0.5.23's own fcfs differs from prefixsched's fcfs in one of
-    3,186 steps: its calc_priority matches (or every 32 passes touches) every waiting request's
-    prefix, which refreshes their LRU recency; the plugin's calc_priority is a no-op by design, so
-    a different prefix is evicted. With that touch switched off in SGLang, the two agree."""
-    from sglang.srt.mem_cache.radix_cache import RadixCache
-
+def test_under_kv_pressure_prefixsched_fcfs_is_sglangs_own_fcfs(sgl):
+    """With a small KV pool (3,186 steps, evictions), prefixsched's fcfs through the plugin equals
+    SGLang 0.5.23's own fcfs step for step: FCFS is one of SGLang's own policies
+    (``Policy.native_policy``), so the plugin leaves SGLang's ``calc_priority`` running, whose LRU
+    refresh of waiting prefixes decides which prefix is evicted (the sglang engine models it)."""
     inst = _small(kv=700, out=60)
     ours = sgl.run_twin(inst, "fcfs", schedule_policy="fcfs")
-    monkeypatch.setattr(RadixCache, "supports_fast_match_prefix", lambda self: False, raising=False)
-    monkeypatch.setenv("SGLANG_ENABLE_WAITING_PREFIX_REFRESH", "0")
     native = sgl.run_twin(inst, None, schedule_policy="fcfs")
     assert len(ours.steps) > 1000 and _view(native) == _view(ours)
 
@@ -207,11 +204,12 @@ def test_under_kv_pressure_the_only_difference_is_sglangs_waiting_prefix_touch(s
 @pytest.mark.sglang
 def test_klpm_endpoints_inside_sglang(sgl):
     """k-LPM with k=1 is FCFS and with k=inf is LPM (klpm.md), also when SGLang's adder decides."""
+    # (k-lpm:inf is the papers' LPM order; the plugin's 'lpm' is SGLang's own LPM, with in-batch
+    # de-prioritisation and stable ties, so the two are not compared)
     inst = _small(kv=3000, seed=1)
     assert _view(sgl.run_twin(inst, "k-lpm:1")) == _view(sgl.run_twin(inst, "fcfs"))
-    lpm = sgl.run_twin(inst, "lpm")
-    assert _view(sgl.run_twin(inst, "k-lpm:inf")) == _view(lpm)
-    assert lpm.driver_counters["peek_mode"] == "exact"
+    kinf = sgl.run_twin(inst, "k-lpm:inf")
+    assert kinf.driver_counters["active"] and kinf.driver_counters["peek_mode"] == "exact"
 
 
 @pytest.mark.sglang
@@ -236,6 +234,43 @@ def test_policies_run_inside_sglang(sgl, spec):
             for q in s.state["deficits"].values():
                 assert -U < q <= q_u
         assert sum(run.steps[-1].state["refills"].values()) > len(inst.clients)  # several rounds happened
+
+
+def _token_prompts(inst: Instance) -> Instance:
+    """Token-list prompts: page-1 keys are the tokens themselves, exact at any chunk cut (a
+    BlockPrompt key covers a whole block; the engine caches a cut block only once it completes)."""
+    return dataclasses.replace(inst, requests=tuple(dataclasses.replace(r, prompt=tuple(r.prompt)) for r in inst.requests))
+
+
+@pytest.mark.sglang
+@pytest.mark.parametrize("kv,out", [(1500, 20), (700, 60)])
+@pytest.mark.parametrize("spec", ["fcfs", "lpm", "dlpm:1500", "vtc", "k-lpm:2"])
+def test_twin_and_the_sglang_engine_agree_step_by_step(sgl, spec, kv, out):
+    """The simulator's ``sglang`` engine is the twin, step for step: admitted ids in order, the
+    chunked request, prefix hits, policy state, and the pool's free / evictable / total tokens
+    after every step (KV pressure: kv=700 retracts and evicts)."""
+    inst = _token_prompts(_small(kv=kv, out=out))
+    cmp = sgl.compare_twin(inst, spec)
+    assert cmp.available, cmp.reason
+    assert "cache" in cmp.fields and cmp.steps_compared > 80
+    assert cmp.mismatch_count == 0, cmp.mismatches[:3]
+
+
+@pytest.mark.sglang
+def test_twin_comparison_sees_a_pool_difference(sgl, monkeypatch):
+    """The tree-size field can fail: an engine that stops splitting on a pass that admits
+    nothing (the bug this comparison found) leaves a 340-token leaf where SGLang evicts 52."""
+    from prefixsched.reference.engine import sglang as eng
+
+    inst = _token_prompts(_small(kv=700, out=60))
+    orig = eng.SGLangWorker._match_visits
+
+    def only_when_admitting(self, admitted):
+        return orig(self, admitted) if admitted else {}
+
+    monkeypatch.setattr(eng.SGLangWorker, "_match_visits", only_when_admitting)
+    cmp = sgl.compare_twin(inst, "dlpm:1500")
+    assert cmp.mismatch_count > 0 and cmp.mismatches[0]["field"] == "cache"
 
 
 @pytest.mark.sglang
@@ -361,10 +396,18 @@ def test_calc_priority_is_a_noop_while_a_policy_drives(sgl):
     q = list(reqs)
     sched.policy.calc_priority(q, ScheduleBatch(reqs=[]))
     assert [r.rid for r in q] == ["r1", "r0"]  # SGLang's LPM sorts when nothing drives
-    drv = _driver_for(sched, create("fcfs"), lambda: 0.0, "fcfs")
+    drv = _driver_for(sched, create("dlpm"), lambda: 0.0, "dlpm")
     q = list(reqs)
     sched.policy.calc_priority(q, ScheduleBatch(reqs=[]))
     assert [r.rid for r in q] == ["r0", "r1"] and drv.active  # untouched while prefixsched drives
+    drv.policy = create("fcfs")  # a native policy: SGLang's calc_priority runs, as fcfs (no sort)
+    q = list(reqs)
+    sched.policy.calc_priority(q, ScheduleBatch(reqs=[]))
+    assert [r.rid for r in q] == ["r0", "r1"]
+    drv.policy = create("lpm")  # ... as lpm: SGLang's LPM sort
+    q = list(reqs)
+    sched.policy.calc_priority(q, ScheduleBatch(reqs=[]))
+    assert [r.rid for r in q] == ["r1", "r0"]
 
 
 @pytest.mark.sglang
@@ -394,8 +437,6 @@ def test_twin_on_a_slice_of_the_real_trace(sgl):
 
 @pytest.mark.sglang
 def test_compare_twin_is_feature_detected(sgl, monkeypatch):
-    from prefixsched.reference import simulator
-
     inst = _small(n=12, out=4)
     if not sgl.sglang_engine_available():
         cmp = sgl.compare_twin(inst, "fcfs")
@@ -407,12 +448,7 @@ def test_compare_twin_is_feature_detected(sgl, monkeypatch):
         for s in twin_run.steps
     ]
 
-    def fake_simulate(instance, policy, *, engine="ideal", record_states=False, **kw):
-        from prefixsched.theory.trace import Trace
-
-        return Trace(policy={"name": "fcfs"}, requests=[], step_start=[], step_end=[], meta={"steps": engine_steps})
-
-    monkeypatch.setattr(simulator, "simulate", fake_simulate)
+    monkeypatch.setattr(sgl, "_engine_steps", lambda instance, spec: engine_steps)
     assert sgl.sglang_engine_available()
     cmp = sgl.compare_twin(inst, "fcfs", twin=twin_run)
     assert cmp.available and cmp.steps_compared == len(twin_run.steps) and cmp.mismatch_count == 0
@@ -511,6 +547,7 @@ def test_dp_controller_hook_replaces_sglangs_dispatch(sgl, monkeypatch):
         HookRegistry.apply_hooks()
     monkeypatch.setenv("PREFIXSCHED_DISPATCH", "d2lpm:2000")
     monkeypatch.setattr(plugin, "_CONFIG", plugin.read_config())
+    monkeypatch.setattr(dp, "_CONFIG", plugin._CONFIG)  # what dp.hooks() hands over at registration
     sent: list[tuple[int, str]] = []
     monkeypatch.setattr(dpc, "sock_send", lambda sock, obj: sent.append((sock, obj.rid)))
     ctl = object.__new__(dpc.DataParallelController)

@@ -158,9 +158,9 @@ def _compare(inst, policy: str) -> int:
     for p in recs:
         if p.kind != "prefill":
             continue
-        want = oracle(p.state, list(p.queue_after))
+        want = oracle(p.state, list(p.walk_order))
         got = {"admitted": p.admitted, "extend": p.extend, "chunked": p.chunked}
-        assert {k: want[k] for k in got} == got, (p.step, p.queue_after, want, got)
+        assert {k: want[k] for k in got} == got, (p.step, p.walk_order, want, got)
         n += 1
     return n
 

@@ -69,11 +69,11 @@ def add_parser(sub: Any, int_at_least: Callable[[str, int], Callable[[str], int]
     p.add_argument("--engine-windows", type=_int_min("--engine-windows", 1), default=20, metavar="W", help="windows of consecutive passes replayed (default: %(default)s)")
     p.add_argument("--engine-window", type=_int_min("--engine-window", 1), default=10, metavar="K", help="passes per window (default: %(default)s)")
     p.add_argument("--engine-every", type=_int_min("--engine-every", 1), default=200, metavar="E", help="a window starts every E passes (default: %(default)s)")
-    p.add_argument("--no-engine", action="store_true", help="skip the engine comparison")
+    p.add_argument("--no-engine", action="store_true", help="skip the engine comparison (default: run it)")
     p.add_argument("--json", metavar="OUT", help="write all counts as JSON to OUT ('-': stdout, the report then goes to stderr) (default: none)")
     # the output path is checked before any work by the CLI's shared check (prefixsched.cli._check_outputs)
     p.set_defaults(_outputs=[("json", "--json", True)])
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: bars on a terminal)")
     p.set_defaults(func=cmd_conformance)
 
 

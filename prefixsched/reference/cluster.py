@@ -54,7 +54,7 @@ from prefixsched.errors import InputError
 from prefixsched.reference.policies import create as create_policy
 from prefixsched.reference.policies.base import Policy
 from prefixsched.reference.simulator import DEFAULT_ENGINE, Worker
-from prefixsched.theory.model import Instance, Request, page_keys
+from prefixsched.theory.model import Instance, PageKeys, Request
 from prefixsched.theory.trace import ClusterTrace
 from prefixsched.theory.metrics import summarize_cluster  # re-exported; metrics live in theory.metrics
 
@@ -654,7 +654,7 @@ def simulate_cluster(
                **engine_options)
         for _ in range(D)
     ]
-    ps = instance.limits.page_size
+    keymaker = PageKeys(instance.requests, instance.limits.page_size)  # the workers' keys too
     loads = [0] * D
     dispatch: dict[str, int] = {}
     pump = _EventPump(ws, loads, disp)
@@ -665,7 +665,7 @@ def simulate_cluster(
         for wk in ws:
             wk.run(A)
         pump.deliver(A)
-        keys = page_keys(r.prompt, ps)
+        keys = keymaker.keys(r.prompt)
         w = disp.select(r, keys, A, tuple(loads))
         if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < D:
             raise InputError("dispatcher", f"{disp.name!r} returned worker {w!r} for {r.id!r}; expected 0..{D - 1}")

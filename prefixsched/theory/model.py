@@ -50,6 +50,7 @@ __all__ = [
     "sequence_page_keys",
     "WKey",
     "key_tokens",
+    "PageKeys",
     "lcp",
 ]
 
@@ -220,6 +221,71 @@ def page_keys(prompt: Prompt, page_size: int) -> tuple[Hashable, ...]:
     if page_size == 1:
         return tuple(tokens)
     return tuple(tokens[p * page_size : (p + 1) * page_size] for p in range(n_pages))
+
+
+class PageKeys:
+    """The page keys of every prompt of an instance, consistent across its prompts.
+
+    Equal to :func:`page_keys` except at ``page_size == 1`` over block prompts, where a block is
+    cut into compressed :class:`WKey` keys at every offset where some prompt of the instance needs
+    a boundary inside it: where a prompt ends in it (its length there) and one token before (SGLang's
+    ``len - 1`` match cap). So two prompts that share a block share its keys up to the shorter one's
+    end, exactly as token-level matching would, also when one block id ends prompts of different
+    lengths (the synthetic workloads' partial blocks); every key boundary of a prompt is a token
+    boundary of it. A page-1 radix walk stays O(keys), a few per block.
+
+    Parameters
+    ----------
+    requests:
+        Every request whose prompt will be keyed (the instance's).
+    page_size:
+        Tokens per page.
+    """
+
+    def __init__(self, requests: Sequence["Request"], page_size: int) -> None:
+        if page_size < 1:
+            raise InputError("page_size", f"must be >= 1, got {page_size}")
+        self.page_size = page_size
+        self._cuts: dict[int, tuple[int, ...]] | None = None
+        if page_size != 1:
+            return
+        cuts: dict[int, set[int]] = {}
+        any_block = False
+        for r in requests:
+            p = r.prompt
+            if not isinstance(p, BlockPrompt) or p.block_size == 1:
+                continue
+            any_block = True
+            bs = p.block_size
+            k = len(p.blocks) - 1
+            ln = p.length - k * bs  # the last block's tokens in this prompt
+            c = cuts.setdefault(p.blocks[k], set())
+            c.add(ln)
+            c.add(ln - 1)
+        if any_block:
+            self._cuts = {b: tuple(sorted(x for x in c if x > 0)) for b, c in cuts.items()}
+
+    def keys(self, prompt: Prompt) -> tuple[Hashable, ...]:
+        """The page keys of ``prompt`` (one of the instance's prompts, or any other)."""
+        cuts = self._cuts
+        if cuts is None or not isinstance(prompt, BlockPrompt) or prompt.block_size == 1:
+            return page_keys(prompt, self.page_size)
+        bs = prompt.block_size
+        n = prompt.length
+        out: list[Hashable] = []
+        for k, b in enumerate(prompt.blocks):
+            ln = bs if (k + 1) * bs <= n else n - k * bs
+            start = 0
+            for c in cuts.get(b, ()):
+                if c >= ln:
+                    break
+                out.append(WKey(("BT", b, start, c - start)))
+                start = c
+            if ln - 1 > start:  # the len-1 boundary of this block, when no cut made it already
+                out.append(WKey(("BT", b, start, ln - 1 - start)))
+                start = ln - 1
+            out.append(WKey(("BT", b, start, ln - start)))
+        return tuple(out)
 
 
 def sequence_page_keys(

@@ -310,6 +310,7 @@ class SGLangSnapshot:
     ) -> None:
         self._driver = driver
         self._sched = scheduler
+        self.engine = "sglang"  # the Snapshot of the sglang engine: native policies walk queue()
         self.now = driver.clock()
         self.step = driver.step
         self.limits = driver.limits_of(scheduler)
@@ -324,6 +325,7 @@ class SGLangSnapshot:
                 continue
             request, seq = driver.request_and_seq(req)
             entries.append(_Entry(req, request, seq, self))
+        self._queue = list(entries)  # SGLang's waiting_queue list order (after calc_priority)
         entries.sort(key=lambda e: (e.request.arrival, e.seq))
         self._fcfs = entries
         self._by_id = {e.request.id: e for e in entries}
@@ -386,6 +388,11 @@ class SGLangSnapshot:
         if client is None:
             return iter(self._lpm)
         return (e for e in self._lpm if e.request.client == client)
+
+    def queue(self) -> Iterator[_Entry]:
+        """SGLang's ``waiting_queue`` in its list order: sorted by SGLang's own ``calc_priority``
+        for the native policies (FCFS, LPM), whose ``calc_priority`` the plugin leaves running."""
+        return iter(self._queue)
 
     def entry(self, request_id: str) -> _Entry:
         try:
@@ -666,20 +673,12 @@ class PolicyDriver:
 
     def requeue(self, req: Any) -> None:
         """``req`` (known) re-entered the waiting queue after a retraction or a preemption. It is
-        not an arrival for the policy; its FCFS position moves to the back, as in SGLang's queue
-        (``_add_request_to_queue`` re-stamps ``wait_queue_entry_time``): the snapshot's
-        ``request.arrival`` becomes the re-queue time and ``seq`` a fresh number."""
+        not an arrival for the policy and keeps its arrival time and its place in the FCFS and LPM
+        tie orders (``snap.fcfs()``/``snap.lpm()``: the request's age, as the ``sglang`` engine
+        keeps it); ``snap.queue()`` shows SGLang's list, where it is at the back."""
         self.requeues += 1
-        a = self._known.get(req.rid)
-        if a is None:
+        if req.rid not in self._known:
             self._register(req)
-            return
-        r = a.request
-        self._known[r.id] = _Arrival(
-            Request(r.id, r.client, float(self.clock()), r.prompt, r.output_len),  # type: ignore[misc]
-            self._next_seq(),
-            req,
-        )
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -452,10 +452,32 @@ def _hook_prefill_raw(orig: Any, self: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _hook_calc_priority(orig: Any, self: Any, *args: Any, **kwargs: Any) -> Any:
+    """A no-op while a prefixsched policy drives the adder, unless the policy *is* one of SGLang's
+    own (``Policy.native_policy()``: FCFS, LPM): then SGLang's ``calc_priority`` runs as that
+    ``--schedule-policy`` (with the policy's own LPM fallback threshold, if it sets one), whatever
+    the server was launched with: it sorts the queue and refreshes LRU stamps as SGLang always does,
+    and the policy walks ``snap.queue()``. The ``sglang`` engine models exactly this."""
     d = getattr(self, "_prefixsched_driver", None)
-    if d is not None and d.active:
+    if d is None or not d.active:
+        return orig(self, *args, **kwargs)
+    nat = d.policy.native_policy()
+    if nat is None:
         return None
-    return orig(self, *args, **kwargs)
+    # SGLang's own calc_priority, as the policy's --schedule-policy (and its LPM fallback), whatever
+    # the server was launched with
+    from sglang.srt.managers import schedule_policy as sp
+
+    name, opts = nat
+    enum = sp.CacheAwarePolicy(name) if name in {e.value for e in sp.CacheAwarePolicy} else sp.CacheAgnosticPolicy(name)
+    fb = opts.get("fcfs_fallback")
+    saved = (self.policy, sp.WAITING_QUEUE_PREFIX_MATCH_MAX)
+    self.policy = enum
+    if fb is not None:
+        sp.WAITING_QUEUE_PREFIX_MATCH_MAX = int(fb)
+    try:
+        return orig(self, *args, **kwargs)
+    finally:
+        self.policy, sp.WAITING_QUEUE_PREFIX_MATCH_MAX = saved
 
 
 def _hook_add_request(orig: Any, self: Any, req: Any, *args: Any, **kwargs: Any) -> Any:

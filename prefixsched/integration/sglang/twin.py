@@ -363,7 +363,9 @@ class TwinStep:
     requests; the resumed chunked request is not in it), ``chunked`` the request being chunked
     after the pass (None if none) and ``chunk_len`` its extend length in this step;
     ``cache_hits`` the device prefix matched per admitted request (tokens); ``state`` the
-    policy's counters after the step; ``start``/``end`` the cost-model clock (seconds).
+    policy's counters after the step; ``start``/``end`` the cost-model clock (seconds);
+    ``cache`` the ``(available_size, evictable_size, total_size)`` tokens of the KV pool and
+    the tree after ``process_batch_result`` (None where the tree does not report them).
     """
 
     step: int
@@ -377,6 +379,7 @@ class TwinStep:
     decoded: int
     finished: list[str]
     state: dict[str, Any]
+    cache: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -588,6 +591,7 @@ def run_twin(
                 decoded=decoded,
                 finished=fin,
                 state=pol.state() if pol is not None else {},
+                cache=_cache_sizes(sched),
             )
         )
         if progress is not None and fin:
@@ -612,6 +616,15 @@ def run_twin(
 
 # ---------------------------------------------------------------------------------------------
 # hooks for in-process use
+
+
+def _cache_sizes(sched: Any) -> tuple[int, int, int] | None:
+    tree = sched.tree_cache
+    try:
+        return (int(sched.token_to_kv_pool_allocator.available_size()), int(tree.evictable_size()),
+                int(tree.total_size()))
+    except (AttributeError, TypeError, NotImplementedError):  # a tree without the counters
+        return None
 
 
 def _check_hooks() -> None:
@@ -698,48 +711,51 @@ class TwinComparison:
     steps_compared: int = 0
     mismatch_count: int = 0
     mismatches: list[dict[str, Any]] = field(default_factory=list)
-    fields: tuple[str, ...] = ("admitted", "chunked", "state", "cache_hits")
+    fields: tuple[str, ...] = ("admitted", "chunked", "state", "cache_hits", "cache")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__, fields=list(self.fields))
 
 
 def _engine_steps(instance: Instance, spec: str) -> list[dict[str, Any]]:
-    """Per-step records of the simulator's ``sglang`` engine: the trace's ``meta["steps"]`` when
-    it records them, else reconstructed from the request records and ``meta["states"]``."""
+    """Per-step records of the simulator's ``sglang`` engine, in the twin's terms: from its pass
+    records (``on_pass``: the requests admitted from the queue, a resumed chunk left out; the
+    request left chunked and its chunk; the prefix hits) and its policy-state log
+    (``record_states``: the state in force after each step)."""
+    from prefixsched.reference.engine.sglang import SGLangConfig
     from prefixsched.reference.simulator import simulate
 
-    kwargs: dict[str, Any] = {"engine": "sglang"}
-    params = inspect.signature(simulate).parameters
-    if "record_states" in params:
-        kwargs["record_states"] = True
-    if "record_steps" in params:
-        kwargs["record_steps"] = True
-    trace = simulate(instance, create_policy(spec), **kwargs)
-    meta = trace.meta
-    if isinstance(meta.get("steps"), list):
-        return list(meta["steps"])
-    by_step: dict[int, dict[str, Any]] = {}
-    for rec in trace.requests:
-        s = by_step.setdefault(rec.admit_step, {"admitted": [], "cache_hits": {}, "chunked": None})
-        s["admitted"].append(rec.id)
-        s["cache_hits"][rec.id] = rec.cached_tokens
-    states = dict((int(k), v) for k, v in meta.get("states", []))
-    out = []
+    passes: list[Any] = []
+    # the twin sends every request with ignore_eos (exact output lengths), as the live harness does
+    trace = simulate(instance, create_policy(spec), engine="sglang", record_states=True, on_pass=passes.append,
+                     sglang=SGLangConfig(ignore_eos=True))
+    states = {int(k): v for k, v in trace.meta.get("states", [])}
+    out: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
-    n_steps = len(trace.step_start)
-    for k in range(n_steps):
+    by_step = {p.step: p for p in passes if p.kind in ("prefill", "decode")}
+    for k in range(trace.n_steps):
         if k in states:
             last = states[k]
-        s = by_step.get(k, {"admitted": [], "cache_hits": {}, "chunked": None})
-        out.append({"step": k, "admitted": s["admitted"], "cache_hits": s["cache_hits"], "chunked": s["chunked"], "state": last})
+        p = by_step.get(k)
+        cached = dict(p.cached or {}) if p is not None and p.kind == "prefill" else {}
+        ch = p.chunked if p is not None else None
+        out.append({
+            "step": k,
+            "admitted": list(cached),
+            "cache_hits": cached,
+            "chunked": None if ch is None else ch[0],
+            "chunk_len": None if ch is None else ch[1],
+            "state": last,
+            "cache": None if p is None else p.cache_after,
+        })
     return out
 
 
 def compare_twin(instance: Instance, spec: str, *, twin: TwinRun | None = None) -> TwinComparison:
     """Run ``spec`` on ``instance`` through the twin and through the simulator's ``sglang``
     engine, and compare them step by step (admitted ids in order, chunked request, policy state,
-    cache hits per admitted request). Feature-detects the engine (:func:`sglang_engine_available`).
+    cache hits per admitted request, and the pool and tree sizes after the step: free, evictable
+    and total tokens). Feature-detects the engine (:func:`sglang_engine_available`).
 
     The twin's steps and the engine's steps are aligned by index (both count every forward step,
     extend and decode).
@@ -770,6 +786,8 @@ def compare_twin(instance: Instance, spec: str, *, twin: TwinRun | None = None) 
             diffs.append(("chunked", a.chunked, b["chunked"]))
         if "state" in b and _canon(b["state"]) != _canon(a.state):
             diffs.append(("state", a.state, b["state"]))
+        if a.cache is not None and b.get("cache") is not None and tuple(a.cache) != tuple(b["cache"]):
+            diffs.append(("cache", list(a.cache), list(b["cache"])))
         hits_b = b.get("cache_hits", {})
         if {k2: int(v) for k2, v in a.cache_hits.items()} != {k2: int(v) for k2, v in hits_b.items()}:
             diffs.append(("cache_hits", a.cache_hits, hits_b))

@@ -25,7 +25,7 @@ from prefixsched.errors import IllegalDecisionError, InputError
 from prefixsched.reference.policies.base import Policy
 from prefixsched.reference.radix_cache import RadixCache
 from prefixsched.reference.waiting import WaitingIndex
-from prefixsched.theory.model import Instance, Request, WKey, page_keys
+from prefixsched.theory.model import Instance, PageKeys, Request, WKey, page_keys
 from prefixsched.theory.trace import RequestRecord, Run, Trace
 
 __all__ = ["EngineBase", "EvictionLogCache", "fill_keys", "output_token", "lock_walk"]
@@ -223,6 +223,7 @@ class EngineBase:
             n = len(all_reqs)
         # LPM keys are -cached * N + seq: any N > max seq gives the same order
         self.index = WaitingIndex(len(all_reqs), instance.clients, self.page_size)
+        self.keymaker = PageKeys(all_reqs, self.page_size)  # consistent compressed page-1 keys
         cache_cls = EvictionLogCache if log_events else RadixCache
         self.cache = cache_cls(lim.kv_capacity_tokens, self.page_size, on_match_change=self.index.on_match_change)
         self.index.attach(self.cache)
@@ -346,7 +347,7 @@ class EngineBase:
         """The prompt's page keys of request ``seq`` (computed once, kept)."""
         k = self.keys_of[seq]
         if k is None:
-            k = page_keys(self.reqs[seq].prompt, self.page_size)
+            k = self.keymaker.keys(self.reqs[seq].prompt)
             self.keys_of[seq] = k
         return k
 

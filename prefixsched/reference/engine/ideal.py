@@ -66,11 +66,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prefixsched.errors import IllegalDecisionError
-from prefixsched.reference.engine.core import EngineBase, lock_walk
+from prefixsched.reference.engine.core import EngineBase, fill_keys, lock_walk
 from prefixsched.reference.engine.snapshot import EngineSnapshot
 from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy
 from prefixsched.reference.waiting import Entry
-from prefixsched.theory.model import Request, sequence_page_keys
+from prefixsched.theory.model import Request
 
 __all__ = ["IdealWorker", "IdealBatchBuilder"]
 
@@ -364,7 +364,7 @@ class IdealWorker(EngineBase):
                 self.dec_sum -= r.prompt_len - self.admit_s[s]
             cache.release(private[s])
             private[s] = 0
-            cache.insert(sequence_page_keys(r, ps, with_output=True))
+            cache.insert(fill_keys(r, ps, r.prompt_len + r.output_len, self.prompt_keys(s)))
             cache.dec_lock_ref(node_of[s])
             node_of[s] = None
             self._client_stopped(self.ci_of[r.client])

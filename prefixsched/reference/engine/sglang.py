@@ -187,14 +187,21 @@ class PassRecord:
         The step the pass produced (or would have) and the engine time.
     kind:
         ``"prefill"`` (a prefill batch ran), ``"decode"`` (a decode step ran) or ``"idle"``.
-    queue_before, queue_after:
-        Waiting-queue ids before and after ``calc_priority`` (the order the adder walked).
+    queue_before:
+        Waiting-queue ids before ``calc_priority``.
+    walk_order:
+        The queue after ``calc_priority``: the order SGLang's admission loop walks.
+    queue_after:
+        The waiting queue after the pass (``walk_order`` minus the admitted requests; a request left
+        chunked is not in it): what the next pass starts from.
     deprioritized:
         Ids in SGLang's ``temporary_deprioritized`` (native LPM only).
     admitted:
         ``can_run_list`` ids in order (a continuing chunked request first).
     extend:
         ``{id: extend tokens this pass}`` for the admitted.
+    cached:
+        ``{id: prefix hit}`` for the requests admitted from the queue (not a resumed chunk).
     chunked:
         ``(id, tokens this pass)`` of the request left being chunked after the pass, or None.
     stop:
@@ -207,21 +214,28 @@ class PassRecord:
     state:
         The AdmissionState (JSON-able; see :meth:`SGLangWorker.admission_state`) taken at the
         start of the pass, after arrivals.
+    cache_after:
+        ``(free, evictable, total)`` tokens of the KV pool and radix tree after the step's
+        results were processed (``token_to_kv_pool_allocator.available_size()``,
+        ``tree_cache.evictable_size()``, ``tree_cache.total_size()``); None for an idle pass.
     """
 
     step: int
     now: float
     kind: str
     queue_before: tuple[str, ...]
+    walk_order: tuple[str, ...] = ()
     queue_after: tuple[str, ...] = ()
     deprioritized: tuple[str, ...] = ()
     admitted: tuple[str, ...] = ()
     extend: dict[str, int] | None = None
+    cached: dict[str, int] | None = None
     chunked: tuple[str, int] | None = None
     stop: str | None = None
     batch_is_full: bool = False
     retracted: tuple[str, ...] = ()
     state: dict[str, Any] | None = None
+    cache_after: tuple[int, int, int] | None = None
 
 
 class AdderBuilder:
@@ -522,6 +536,7 @@ class SGLangWorker(EngineBase):
         self.queue: dict[int, None] = {}  # SGLang's waiting_queue list (seqs, in list order)
         self.running: dict[int, None] = {}  # the decode batch, in batch order
         self.chunked: int | None = None
+        self.stash: int | None = None  # the chunked request whose chunk is not in the tree yet
         self.batch_is_full = False
         self.refresh_calls = 0
         self.dstep = 0  # decode steps run
@@ -625,16 +640,24 @@ class SGLangWorker(EngineBase):
 
     def _iterate(self, final: bool) -> bool:
         self._arrivals()
+        self._stash_chunked()
         rec = self._pass_record() if self.on_pass is not None else None
         b = self._schedule(rec)
         if b is not None and b.ids:
             self._admit(b)
+            if rec is not None:
+                rec.queue_after = tuple(self.reqs[s].id for s in self.queue)
             end = self._forward_prefill(b)
             self._results_prefill(b, end)
             if rec is not None:
                 rec.kind = "prefill"
+                rec.cache_after = self._cache_sizes()
                 self.on_pass(rec)
             return False
+        if b is not None and self.pass_visits:
+            if self.log_events:
+                self.cache.event_time = self.now  # type: ignore[attr-defined]
+            self._match_visits(())
         if rec is not None:
             rec.batch_is_full = self.batch_is_full
         if self.running:
@@ -644,11 +667,16 @@ class SGLangWorker(EngineBase):
             if rec is not None:
                 rec.kind = "decode"
                 rec.retracted = tuple(self.reqs[s].id for s in retracted)
+                rec.cache_after = self._cache_sizes()
                 self.on_pass(rec)
             return False
         if rec is not None:
             self.on_pass(rec)
         return self._idle(final)
+
+    def _cache_sizes(self) -> tuple[int, int, int]:
+        c = self.cache
+        return (c.free_tokens, c.evictable_tokens, c.total_tokens)
 
     # phase 2: scheduling ------------------------------------------------------------------
 
@@ -690,9 +718,11 @@ class SGLangWorker(EngineBase):
         elif stop == NO_TOKEN:
             self.batch_is_full = bool(b.ids) or bool(self.running)
         if rec is not None:
-            rec.queue_after = tuple(self.reqs[s].id for s in self.queue)
+            rec.walk_order = rec.queue_after = tuple(self.reqs[s].id for s in self.queue)
             rec.admitted = tuple(self.reqs[s].id for s in b.ids)
             rec.extend = {self.reqs[s].id: b.extend_of[s] for s in b.ids}
+            ents = self.index.entries
+            rec.cached = {self.reqs[s].id: ents[s].cached_tokens for s in b.ids if s != b.continued}
             ca = b.chunked_after
             rec.chunked = None if ca is None else (self.reqs[ca].id, b.extend_of[ca])
             rec.stop = stop
@@ -798,15 +828,12 @@ class SGLangWorker(EngineBase):
 
     # phase 3: admission -------------------------------------------------------------------
 
-    def _admit(self, b: AdderBuilder) -> None:
-        """``init_next_round_input`` of every visited request (match, split, LRU touch, in visit
-        order), locks, then ``prepare_for_extend``'s KV allocation (evicting if short)."""
+    def _match_visits(self, admitted: set[int] | dict[int, Any]) -> dict[int, Any]:
+        """``req.init_next_round_input`` of every request the pass visited, in visit order
+        (``match_prefix``: split and LRU touch), also in a pass that admitted nothing: SGLang
+        matches each request before ``add_one_req`` decides. Returns ``seq -> matched node`` of
+        the admitted ones."""
         cache = self.cache
-        if self.log_events:
-            cache.event_time = self.now  # type: ignore[attr-defined]
-        ps = self.page_size
-        index = self.index
-        admitted = b._set
         nodes: dict[int, Any] = {}
         for e in self.pass_visits:
             if e.used:
@@ -815,6 +842,17 @@ class SGLangWorker(EngineBase):
                     nodes[e.seq] = m.node
             elif e.seq in admitted:
                 nodes[e.seq] = cache.root
+        return nodes
+
+    def _admit(self, b: AdderBuilder) -> None:
+        """``init_next_round_input`` of every visited request (match, split, LRU touch, in visit
+        order), locks, then ``prepare_for_extend``'s KV allocation (evicting if short)."""
+        cache = self.cache
+        if self.log_events:
+            cache.event_time = self.now  # type: ignore[attr-defined]
+        ps = self.page_size
+        index = self.index
+        nodes = self._match_visits(b._set)
         step = self.step
         now = self.now
         total = 0
@@ -896,6 +934,19 @@ class SGLangWorker(EngineBase):
 
     # phase 5: results ---------------------------------------------------------------------
 
+    def _stash_chunked(self) -> None:
+        """``get_next_batch_to_run``'s ``stash_chunked_request``: the chunk the last prefill
+        computed enters the tree at the start of the next pass, not in that prefill's results
+        (admission sees the same tree either way; the pool and tree sizes between the two
+        agree with SGLang's)."""
+        s = self.stash
+        if s is None:
+            return
+        self.stash = None
+        if self.log_events:
+            self.cache.event_time = self.now  # type: ignore[attr-defined]
+        self._checkpoint(s)
+
     def _checkpoint(self, s: int) -> None:
         """``checkpoint_kv_cache``: the run's computed full pages enter the tree and are locked."""
         cache = self.cache
@@ -970,7 +1021,10 @@ class SGLangWorker(EngineBase):
         finished: list[FinishedInfo] = []
         decoded: dict[str, int] = {}
         step = self.step
-        left_out = False
+        # batch_is_full is a flag of SGLang's running-batch object: when the decode batch is empty,
+        # get_next_batch_to_run makes this prefill batch the running batch (a fresh object whose
+        # flag is False) instead of merging it, so a flag this pass set is gone by the next one
+        left_out = not self.running
         chunked_after = b.chunked_after
         for s in b.ids:
             if s == chunked_after:
@@ -989,11 +1043,11 @@ class SGLangWorker(EngineBase):
                 self._checkpoint(s)
                 self._join_decode(s)
         if chunked_after is not None:
-            self._checkpoint(chunked_after)
+            self.stash = chunked_after  # checkpointed by the next pass (_stash_chunked)
             left_out = True
         self.chunked = chunked_after
         if left_out:
-            self.batch_is_full = False  # the merge drops members: last_batch.filter_batch
+            self.batch_is_full = False  # the merge dropped members (last_batch.filter_batch), or replaced the batch
         self._end_step(end, decoded, finished)
 
     def _decode_need(self, members: Any) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prefixsched.theory.model import Request, page_keys
+from prefixsched.theory.model import Request
 
 if TYPE_CHECKING:  # pragma: no cover
     from prefixsched.reference.engine.core import EngineBase
@@ -45,7 +45,7 @@ class CacheViewImpl:
             e = eng.index.entries.get(seq)
             if e is not None:
                 return e.cached_tokens
-        keys = page_keys(request.prompt, eng.page_size)
+        keys = eng.keymaker.keys(request.prompt)
         pages = eng.cache.match_prefix(keys, split=False, touch=False).pages
         return eng.index.capped_tokens(keys, pages, request.prompt_len)
 
