@@ -9,6 +9,8 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
 - ``gap``: each policy's ratio to the proven optimum over many small instances.
 - ``reduce``: build the 3-PARTITION -> TTFT-feasibility reduction with its certificate.
 - ``family``: write a member of an adversarial instance family.
+- ``sweep``: run a grid of simulations or exact solves (local processes or Ray) into one table.
+- ``reproduce``: regenerate a paper's tables and figures (``papers/<paper>/reproduce.py``).
 
 Errors in the input (a malformed trace line, an unknown policy, a bad value) print one line
 ``prefixsched: error: WHERE: FIELD: PROBLEM`` on stderr and exit with status 2, no traceback.
@@ -538,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=_positive_int("--n"), default=8, help="size parameter of the family (default: %(default)s)")
     s.add_argument("--out", metavar="FILE", help="instance JSON (stdout if omitted)")
     s.set_defaults(func=cmd_family)
+
+    from prefixsched.reproduce import add_parser as add_reproduce
+    from prefixsched.sweep.cli import add_parser as add_sweep
+
+    add_sweep(sub)
+    add_reproduce(sub)
     return p
 
 

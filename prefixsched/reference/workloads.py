@@ -156,23 +156,31 @@ def _window(
             raw = [r for r in gen(horizon) if r.arrival <= horizon]
             if len(raw) >= n_requests:
                 break
+            del raw  # not alive while the next, larger stream is drawn
             horizon *= 2.0
         else:  # pragma: no cover - only with absurd rates
             raise InputError("n_requests", f"could not generate {n_requests} requests; raise the rates")
-        raw = sorted(raw, key=key)[:n_requests]
+        raw.sort(key=key)  # in place, then cut: no second list of the (up to 2N) drawn requests
+        del raw[n_requests:]
     remap: dict[int, int] = {}
+    names: dict[int, str] = {}  # one client-name string per client, not one per request
     out = []
-    for r in raw:
+    for i in range(len(raw)):
+        r = raw[i]
+        raw[i] = None  # type: ignore[call-overload]  # free the drawn context as it is materialised
         blocks = []
         for b in r.ctx.blocks:
             nb = remap.get(b)
             if nb is None:
                 nb = remap[b] = len(remap)
             blocks.append(nb)
+        name = names.get(r.client)
+        if name is None:
+            name = names[r.client] = f"c{r.client}"
         out.append(
             Request(
                 id=r.rid,
-                client=f"c{r.client}",
+                client=name,
                 arrival=r.arrival,
                 prompt=BlockPrompt(blocks, r.ctx.length, bs),
                 output_len=r.output_len,
