@@ -592,3 +592,8 @@ def make_workload(
         cost_model = CostModel()
     reqs = builder(clients=clients, seed=seed, n_requests=n_requests, block_size=block_size, **kw)
     return Instance(requests=tuple(reqs), cost_model=cost_model, limits=limits)
+
+
+# The DLPM paper's families (dlpm-*: long-context QA, height-4 ToT, LLM-as-a-judge, multi-turn
+# chat, mixed), issue #12: their own module registers them into WORKLOADS on import.
+import prefixsched.reference.workloads_dlpm  # noqa: E402,F401
