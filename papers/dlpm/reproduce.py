@@ -3,8 +3,13 @@ spec ``shared/specs/dlpm.md`` §5) on prefixsched's simulator.
 
 Usage (from the repository root)::
 
-    python papers/dlpm/reproduce.py            # full run, ~1 min, writes papers/dlpm/results/
-    python papers/dlpm/reproduce.py --quick    # reduced form (smoke test, a few seconds)
+    prefixsched reproduce dlpm [--quick] [--ray | --ray-address ADDR] [--jobs N]
+    python papers/dlpm/reproduce.py [--quick] [--only fig1 fig7 fig10 fig12]
+
+``fig1`` (Fig. 1 and Fig. 11, below; ~1 min, ``--quick`` a few seconds) runs here; Fig. 7, Fig. 10
+and Fig. 12 run as cached sweeps (``papers/dlpm/distributed.py``; ``--quick`` about a minute or
+two on 2 cores) and write ``fig7.json``, ``fig10.json``, ``fig12.json``, ``fig7.png``,
+``fig10.png``.
 
 Experiments
 -----------
@@ -48,6 +53,7 @@ from prefixsched.reference.policies import create
 from prefixsched.reference.simulator import simulate
 from prefixsched.reference.traces import load_mooncake
 from prefixsched.reference.workloads import make_workload
+from prefixsched.sweep.cli import add_backend_arguments, backend_kwargs, default_cache_dir
 from prefixsched.theory.bounds import check_dlpm_thm_4_1, check_vtc_two_backlogged
 from prefixsched.theory.metrics import summarize
 from prefixsched.theory.model import Instance, Limits
@@ -208,8 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "papers" / "dlpm" / "results"), help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="workload seed")
     ap.add_argument("--trace", default=str(TRACE), help="Mooncake JSONL (skipped if absent)")
+    ap.add_argument("--only", nargs="+", choices=["fig1", "fig7", "fig10", "fig12"], default=["fig1", "fig7", "fig10", "fig12"],
+                    help="experiments to run (default: all; fig1 also runs fig11)")
+    add_backend_arguments(ap, cache_default="$PREFIXSCHED_CACHE or ~/.cache/prefixsched/sweep")
     args = ap.parse_args(argv)
     quick = args.quick
+    rest = [x for x in args.only if x != "fig1"]
+    if rest:  # Fig. 7 / 10 / 12: sweeps (papers/dlpm/distributed.py)
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_dlpm_distributed", Path(__file__).with_name("distributed.py"))
+        dist = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(dist)
+        dist.run_all(rest, quick, args.seed, backend_kwargs(args, default_cache_dir()), Path(args.out))
+    if "fig1" not in args.only:
+        return 0
     res: dict[str, Any] = {
         "paper": "Cao et al., Locality-aware Fair Scheduling in LLM Serving, arXiv:2501.14312v1",
         "quick": quick,
