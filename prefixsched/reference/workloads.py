@@ -597,3 +597,4 @@ def make_workload(
 # The DLPM paper's families (dlpm-*: long-context QA, height-4 ToT, LLM-as-a-judge, multi-turn
 # chat, mixed), issue #12: their own module registers them into WORKLOADS on import.
 import prefixsched.reference.workloads_dlpm  # noqa: E402,F401
+import prefixsched.reference.workloads_papers  # noqa: E402,F401  (klpm-replica, vtc-overload)
