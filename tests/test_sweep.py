@@ -279,3 +279,13 @@ def test_reproduce_registry() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         reproduce.register("zz-test", b)
     del reproduce._REGISTRY["zz-test"]
+
+
+def test_example_grid_file_expands_and_validates() -> None:
+    from prefixsched.sweep.cells import validate
+
+    cells = expand(load_grid(ROOT / "papers" / "dlpm" / "sweeps" / "qw.toml"))
+    assert len(cells) == 14 and {c["tags"]["system"] for c in cells} >= {"D2LPM Q_w=inf", "VTC"}
+    for i, c in enumerate(cells):
+        validate(c, f"cells[{i}]")
+    assert [c for c in cells if c["tags"]["system"] == "D2LPM Q_w=inf"][0]["dispatch_params"]["q_w"] == float("inf")

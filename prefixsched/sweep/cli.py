@@ -23,21 +23,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "prefixsched" / "sweep"
 
 
-def _jobs(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--jobs: must be an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"--jobs: must be >= 1, got {v}")
-    return v
-
-
 def add_backend_arguments(p: argparse.ArgumentParser, *, cache_default: str = "<out>/cache") -> None:
     """Add the execution options to ``p``."""
+    from prefixsched.cli import _positive_int
     from prefixsched.sweep.runner import default_jobs
 
-    p.add_argument("--jobs", type=_jobs, default=default_jobs(), metavar="N",
+    p.add_argument("--jobs", type=_positive_int("--jobs"), default=default_jobs(), metavar="N",
                    help="parallel processes, or CPUs of a local Ray runtime (default: %(default)s = min(cpu_count, 2)); "
                    "1 runs the cells in this process")
     p.add_argument("--ray", action="store_true", help="run the cells as Ray tasks on a local Ray runtime (pip install 'prefixsched[ray]')")
