@@ -29,7 +29,8 @@ def _load(paper: str):
 
 
 def _run(paper: str, out: Path, *extra: str) -> None:
-    assert _load(paper).main(["--quick", "--out", str(out), *extra]) == 0
+    cache = [] if "--cache" in extra else ["--no-cache"]  # never the user's sweep cache
+    assert _load(paper).main(["--quick", "--out", str(out), *cache, *extra]) == 0
 
 
 def test_dlpm_quick(tmp_path: Path) -> None:

@@ -35,8 +35,9 @@ def _first(reqs: list[Request], n: int | None) -> list[Request]:
 
 def _replica(*, clients: int, seed: int, n_requests: int | None, block_size: int, n_prefixes: int = 500,
              replicas: int = 4, rate: float = 10.0, prefix_len: int = 4096, question_len: int = 256,
-             output_len: int = 32) -> list[Request]:
-    """k-LPM's replica-count stream (module docstring)."""
+             output_len: int = 32, duration_s: float | None = None) -> list[Request]:
+    """k-LPM's replica-count stream (module docstring). ``duration_s``: keep only the requests
+    arriving within it (default: all ``replicas * n_prefixes``)."""
     _int("n_prefixes", n_prefixes)
     _int("replicas", replicas)
     _num("rate", rate)
@@ -56,6 +57,11 @@ def _replica(*, clients: int, seed: int, n_requests: int | None, block_size: int
         blocks = list(range(g * pb, (g + 1) * pb)) + list(range(base + i * qb, base + (i + 1) * qb))
         reqs.append(Request(id=f"p{g}.r{i}", client=f"c{g % clients}", arrival=round(t, 6),
                             prompt=BlockPrompt(blocks, prefix_len + question_len, block_size), output_len=output_len))
+    if duration_s is not None:
+        _num("duration_s", duration_s)
+        reqs = [r for r in reqs if r.arrival <= duration_s]
+        if not reqs:
+            raise InputError("duration_s", f"no request arrives within {duration_s} s; make it longer")
     return _first(reqs, n_requests)
 
 
