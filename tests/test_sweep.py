@@ -152,7 +152,7 @@ def test_cache_key_covers_configuration_code_and_trace_bytes(tmp_path: Path) -> 
     save_instance(p, make_workload("default", n_requests=41, clients=3))
     r2 = run([{"trace": str(p), "policy": "lpm"}], cache_dir=tmp_path / "c", jobs=1)
     assert r2.computed == 1 and r1.records[0]["key"] != r2.records[0]["key"]
-    assert r2.rows()[0]["n_requests"] == 41
+    assert r2.rows()[0]["metric.n_requests"] == 41
 
 
 def test_resume_after_a_killed_run_recomputes_only_the_missing_cells(tmp_path: Path) -> None:
@@ -289,3 +289,24 @@ def test_example_grid_file_expands_and_validates() -> None:
     for i, c in enumerate(cells):
         validate(c, f"cells[{i}]")
     assert [c for c in cells if c["tags"]["system"] == "D2LPM Q_w=inf"][0]["dispatch_params"]["q_w"] == float("inf")
+
+
+def test_solve_cells_match_a_direct_exact_solve(tmp_path: Path) -> None:
+    import numpy as np
+
+    from prefixsched.gap import random_instance
+    from prefixsched.reductions.families import FAMILIES
+    from prefixsched.theory.exact import solve
+
+    cells = [{"kind": "solve", "family": "lpm-starvation", "n": 5, "solver": "dp"},
+             {"kind": "solve", "random": True, "n": 6, "seed": 3, "solver": "brute", "objective": "mean-ttft"}]
+    res = run(cells, out=tmp_path, jobs=1)
+    assert not res.failures
+    rows = res.rows()
+    direct = [solve(FAMILIES["lpm-starvation"][0](5), solver="dp"),
+              solve(random_instance(6, np.random.default_rng(3)), solver="brute", objective="mean-ttft")]
+    for row, d in zip(rows, direct):
+        assert row["status"] == "ok" and row["metric.status"] == d.status.value
+        assert row["metric.objective"] == d.objective and json.loads(row["order"]) == list(d.order)
+    with pytest.raises(InputError, match="exactly one"):
+        run([{"kind": "solve", "n": 4}], out=tmp_path)

@@ -57,7 +57,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
     wl = r["workload"]
     return {
         "workload": wl, "system": r.get("system"), "workers": r.get("workers"), "q_w": r.get("dispatch_params.q_w"),
-        "status": r["status"], "error": r["error"], "n_requests": r.get("n_requests"),
+        "status": r["status"], "error": r["error"], "n_requests": r.get("metric.n_requests"),
         "service_rate": r.get("service_rate_client"), "jain": r.get(JAIN_COLUMN), "hit_rate": r.get("hit_rate"),
         "p99_latency_well_behaved": r.get(_latency_col(wl)), "latency_metric": _latency_col(wl).split(".")[1],
         "span_s": r.get("span_s"), "requests_per_worker": r.get("requests_per_worker"),
@@ -147,7 +147,7 @@ def fig12(quick: bool, seed: int, backend: dict[str, Any]) -> dict[str, Any]:
         {**base, "policy": "vtc", "tags": {"system": "VTC"}},
     ]
     res = run(cells, name="dlpm-fig12", **backend)
-    rows = [{"system": r.get("system"), "status": r["status"], "error": r["error"], "n_requests": r.get("n_requests"),
+    rows = [{"system": r.get("system"), "status": r["status"], "error": r["error"], "n_requests": r.get("metric.n_requests"),
              "completion_s": r.get("span_s"), "hit_rate": r.get("hit_rate"), "jain": r.get(JAIN_COLUMN),
              "jain_actual": r.get("jain_actual"), "service_rate": r.get("service_rate_client")} for r in res.rows()]
     by = {r["system"]: r for r in rows if r["status"] == "ok"}

@@ -7,11 +7,14 @@ Columns of ``results``, in this order:
   ``error`` (the exception, or empty);
 - the cell's parameters, nested tables flattened with dots (``workload_params.program_rate``),
   ``tags.X`` as ``X``;
-- ``n_requests`` and every metric of the summary row
+- the request count and every metric of the summary row
   (:func:`~prefixsched.theory.metrics.summarize` /
   :func:`~prefixsched.theory.metrics.summarize_cluster`), nested values flattened with dots
   (``max_service_gap.value``); lists and maps (``per_client``, ``requests_per_worker``,
-  ``dispatcher``, ``jain_window``, pairs and intervals) as JSON text;
+  ``dispatcher``, ``jain_window``, pairs and intervals) as JSON text; a metric whose name is also
+  a cell parameter or one of the columns above gets the prefix ``metric.`` in every row
+  (``metric.policy``: the policy's name, ``metric.n_requests``: the requests simulated,
+  ``metric.workers``, ``metric.status`` of a solve, ``metric.objective``, ``metric.bound``);
 - the derived service rates and each probe's values as ``<probe>.<name>``.
 
 Types per column: booleans, integers, floats (a column mixing ints and floats is float), or text
@@ -35,6 +38,11 @@ __all__ = ["rows", "per_client_rows", "columns_of", "write_tables", "to_csv_byte
 _JSON_KEYS = {"per_client", "requests_per_worker", "dispatcher", "jain_window", "pair", "interval", "rates",
               "order", "t", "service"}
 _PARAM_SKIP = {"tags", "trace_sha256", "instance_sha256"}
+# a metric named like a cell parameter or a bookkeeping column gets the prefix "metric." in every
+# row (so a column means the same thing in every row, whichever keys a cell sets)
+from prefixsched.sweep.cells import SIMULATE_KEYS, SOLVE_KEYS  # noqa: E402
+
+_RESERVED = SIMULATE_KEYS | SOLVE_KEYS | {"cell", "key", "status", "error"}
 
 
 def _flatten(d: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
@@ -61,15 +69,12 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row.update(params)
         res = r.get("result")
         if res:
-            row["n_requests"] = res.get("n_requests")
-            metrics: dict[str, Any] = {}
+            metrics: dict[str, Any] = {"n_requests": res.get("n_requests")}
             _flatten(res.get("summary") or {}, "", metrics)
             _flatten(res.get("derived") or {}, "", metrics)
             _flatten(res.get("probes") or {}, "", metrics)
             for k, v in metrics.items():
-                if k in row and k not in ("n_requests",):
-                    k = f"metric.{k}"
-                row[k] = v
+                row[f"metric.{k}" if k.split(".")[0] in _RESERVED else k] = v
         out.append(row)
     return out
 
