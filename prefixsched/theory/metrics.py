@@ -740,8 +740,10 @@ def cluster_service_timeline(
         cum = _service_matrix(a, w, view)
         rows = np.searchsorted(a.step_end, times, side="right") - 1
         ok = rows >= 0
-        cols = np.array([col[c] for c in a.clients], dtype=np.int64)
-        out[np.ix_(np.flatnonzero(ok), cols)] += cum[rows[ok]]
+        idx = np.flatnonzero(ok)
+        r_ok = rows[ok]
+        for j, c in enumerate(a.clients):  # one column at a time: a (K,) temporary, not (K, C)
+            out[idx, col[c]] += cum[r_ok, j]
     return times, names, out
 
 
@@ -772,11 +774,25 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     jain: dict[str, float | None] = {"client": None, "actual": None}
     reason = None
     if tb > ta:
+        # W_f(T_a), W_f(T_b) summed over the workers, each read at its last step end <= T: the
+        # same numbers (same additions, same order) as reading cluster_service_timeline at T_a and
+        # T_b, without building the (all step ends) x clients matrix (1M requests: ~0.9 GiB less)
+        col = {c: k for k, c in enumerate(arr.clients)}
+        warrs = [trace_arrays(t) for t in cluster_trace.traces]
         for view in ("client", "actual"):
-            times, _names, cum = cluster_service_timeline(cluster_trace.traces, w, view, clients=arr.clients)
-            ext = np.vstack([np.zeros((1, C)), cum])
-            wa = ext[np.searchsorted(times, ta, side="right")]
-            wb = ext[np.searchsorted(times, tb, side="right")]
+            wa = np.zeros(C)
+            wb = np.zeros(C)
+            for a in warrs:
+                if not len(a.ids):
+                    continue
+                cum = _service_matrix(a, w, view)
+                cols = np.array([col[c] for c in a.clients], dtype=np.int64)
+                ia = int(np.searchsorted(a.step_end, ta, side="right")) - 1
+                ib = int(np.searchsorted(a.step_end, tb, side="right")) - 1
+                if ia >= 0:
+                    wa[cols] += cum[ia]
+                if ib >= 0:
+                    wb[cols] += cum[ib]
             jain[view] = jain_index((wb - wa) / (tb - ta))
     else:
         reason = f"no window with all clients active: the earliest last finish {tb} is not after the latest first arrival {ta}"
