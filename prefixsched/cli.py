@@ -13,6 +13,8 @@ Subcommands (``prefixsched SUBCOMMAND --help`` explains each):
   the simulator (:mod:`prefixsched.integration.live`).
 - ``check``: judge a policy of your own (``module:Class``) with the invariant suite.
 - ``conformance sglang``: agreement counts against SGLang's own classes (needs SGLang installed).
+- ``sweep``: run a grid of simulations or exact solves (local processes or Ray) into one table.
+- ``reproduce``: regenerate a paper's tables and figures (``papers/<paper>/reproduce.py``).
 
 Conventions (every subcommand)
 ------------------------------
@@ -74,7 +76,6 @@ import argparse
 import contextlib
 import dataclasses
 import math
-import re
 import signal
 import sys
 import threading
@@ -83,6 +84,7 @@ from typing import Any, Iterator, Sequence
 
 from prefixsched import scenario_cli
 from prefixsched._table import _fmt, _table
+from prefixsched._argtypes import _int_in, _nonneg_int, _positive_int, _short
 from prefixsched.errors import (
     Interrupted,
     InputError,
@@ -119,41 +121,6 @@ _SIGNAMES = {int(signal.SIGINT): "SIGINT", int(signal.SIGTERM): "SIGTERM", 1: "S
 
 def _warn(message: str) -> None:
     print(f"prefixsched: warning: {message}", file=sys.stderr)
-
-
-_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
-
-
-def _int_in(name: str, lo: int, hi: int | None = None):
-    """argparse type: an integer in ``[lo, hi]``; the error names the option and the value."""
-
-    rng = f"in [{lo}, {hi:,}]" if hi is not None else f">= {lo}"
-
-    def parse(text: str) -> int:
-        digits = len(text.strip().lstrip("+-"))
-        if _INT_TEXT.fullmatch(text) and digits > (30 if hi is not None else 4000):
-            raise argparse.ArgumentTypeError(f"must be an integer {rng}, got one of {digits} digits")
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {_short(text)}") from None
-        if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"must be {rng}, got {v}")
-        return v
-
-    return parse
-
-
-def _positive_int(name: str, hi: int | None = None):
-    return _int_in(name, 1, hi)
-
-
-def _nonneg_int(name: str, hi: int | None = None):
-    return _int_in(name, 0, hi)
-
-
-def _short(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def _float_in(name: str, lo: float, hi: float, *, lo_open: bool = False, allow_inf: bool = False):
@@ -858,6 +825,11 @@ def build_parser() -> argparse.ArgumentParser:
     from prefixsched.integration.cli import add_parser as add_conformance_parser  # conformance sglang
 
     add_conformance_parser(sub, lambda name, lo: _int_in(name, lo))
+    from prefixsched.reproduce import add_parser as add_reproduce
+    from prefixsched.sweep.cli import add_parser as add_sweep
+
+    add_sweep(sub)
+    add_reproduce(sub)
     return p
 
 

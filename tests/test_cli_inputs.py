@@ -403,4 +403,5 @@ def test_policies_table_shows_default_parameters(capsys):
 def test_workloads_json_lists_parameters(capsys):
     code, out, _ = run(["workloads", "--json", "-"], capsys)
     d = {w["name"]: w for w in json.loads(out)}
-    assert d["default"]["parameters"]["duration_s"] == 90.0 and set(d) == {"default", "shared-prefix", "s1", "s2"}
+    assert d["default"]["parameters"]["duration_s"] == 90.0 and {"default", "shared-prefix", "s1", "s2", "dlpm-chat", "klpm-replica", "vtc-overload"} <= set(d)
+    assert all(w["description"] for w in d.values())

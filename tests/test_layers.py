@@ -49,7 +49,7 @@ def test_the_contracts_are_not_vacuous():
     pkg = ROOT / "prefixsched"
     parts = {f"prefixsched.{p.stem}" for p in pkg.iterdir()
              if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__")}
-    utilities = {"prefixsched.errors", "prefixsched._io", "prefixsched._table", "prefixsched.validation"}
+    utilities = {"prefixsched.errors", "prefixsched._io", "prefixsched._table", "prefixsched._argtypes", "prefixsched.validation"}
     assert parts - utilities <= named, f"not placed in a layer: {sorted(parts - utilities - named)}"
     if not named <= parts:
         pytest.fail(f"layers name modules that do not exist: {sorted(named - parts)}")
@@ -60,7 +60,7 @@ def test_utilities_import_nothing_of_the_layers():
     import grimp
 
     g = grimp.build_graph("prefixsched")
-    utilities = {"prefixsched.errors", "prefixsched._io", "prefixsched._table", "prefixsched.validation"}
+    utilities = {"prefixsched.errors", "prefixsched._io", "prefixsched._table", "prefixsched._argtypes", "prefixsched.validation"}
     for m in utilities:
         deps = {d for d in g.find_modules_directly_imported_by(m) if d.startswith("prefixsched")}
         assert deps <= utilities, f"{m} imports {sorted(deps - utilities)}"

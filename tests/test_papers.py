@@ -29,11 +29,12 @@ def _load(paper: str):
 
 
 def _run(paper: str, out: Path, *extra: str) -> None:
-    assert _load(paper).main(["--quick", "--out", str(out), *extra]) == 0
+    cache = [] if "--cache" in extra else ["--no-cache"]  # never the user's sweep cache
+    assert _load(paper).main(["--quick", "--out", str(out), *cache, *extra]) == 0
 
 
 def test_dlpm_quick(tmp_path: Path) -> None:
-    _run("dlpm", tmp_path, "--trace", str(tmp_path / "absent.jsonl"))
+    _run("dlpm", tmp_path, "--trace", str(tmp_path / "absent.jsonl"), "--only", "fig1")
     res = json.loads((tmp_path / "fig1_fig11.json").read_text())
     assert (tmp_path / "fig1_fig11.png").stat().st_size > 1000
     assert "mooncake_skipped" in res["fig1"]  # absent trace: skipped cleanly
@@ -59,8 +60,8 @@ def test_dlpm_quick(tmp_path: Path) -> None:
 
 def test_dlpm_quick_is_deterministic(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    _run("dlpm", a, "--trace", str(tmp_path / "absent.jsonl"))
-    _run("dlpm", b, "--trace", str(tmp_path / "absent.jsonl"))
+    _run("dlpm", a, "--trace", str(tmp_path / "absent.jsonl"), "--only", "fig1")
+    _run("dlpm", b, "--trace", str(tmp_path / "absent.jsonl"), "--only", "fig1")
     assert (a / "fig1_fig11.json").read_bytes() == (b / "fig1_fig11.json").read_bytes()
 
 
@@ -112,3 +113,28 @@ def test_vtc_quick(tmp_path: Path) -> None:
         and vt["tokens_per_s"] >= 0.95 * fc["tokens_per_s"]
     )
     assert c["rpm_rejected_requests"] == fc["served_requests"] - by[next(k for k in by if k.startswith("RPM"))]["served_requests"]
+
+
+def test_dlpm_fig12_sweep_quick_claims_follow_from_rows(tmp_path: Path) -> None:
+    """Fig. 12 (mixed applications) through the sweep path: three cells, ratios re-derived."""
+    _run("dlpm", tmp_path, "--only", "fig12", "--cache", str(tmp_path / "cache"), "--jobs", "1")
+    res = json.loads((tmp_path / "fig12.json").read_text())
+    by = {r["system"]: r for r in res["rows"]}
+    assert set(by) == {"LPM", "DLPM", "VTC"} and all(r["status"] == "ok" for r in by.values())
+    c = res["claims"]
+    assert c["lpm_over_dlpm_completion"] == by["LPM"]["completion_s"] / by["DLPM"]["completion_s"]
+    assert c["dlpm_fastest"] == (by["DLPM"]["completion_s"] <= min(by["LPM"]["completion_s"], by["VTC"]["completion_s"]))
+    # the same requests under every policy (work conservation: equal client-view totals)
+    assert len({r["n_requests"] for r in by.values()}) == 1
+
+
+@pytest.mark.slow
+def test_dlpm_fig7_fig10_quick(tmp_path: Path) -> None:
+    """The whole --quick form of Fig. 7 and Fig. 10 (about a minute on 2 cores)."""
+    _run("dlpm", tmp_path, "--only", "fig7", "fig10", "--cache", str(tmp_path / "cache"))
+    f7 = json.loads((tmp_path / "fig7.json").read_text())
+    assert f7["failures"] == 0 and not any(r["system"] == "Preble" and r["workers"] == 1 for r in f7["rows"])
+    by = {(r["workload"], r["workers"], r["system"]): r["service_rate"] for r in f7["rows"]}
+    best = max(by[k] / by[(k[0], k[1], "VTC")] for k in by if k[2] == "D2LPM")
+    assert f7["claims"]["max_throughput_d2lpm_over_vtc"]["ratio"] == best
+    assert (tmp_path / "fig7.png").stat().st_size > 1000 and (tmp_path / "fig10.png").stat().st_size > 1000

@@ -3,8 +3,13 @@ spec ``shared/specs/dlpm.md`` §5) on prefixsched's simulator.
 
 Usage (from the repository root)::
 
-    python papers/dlpm/reproduce.py            # full run, ~1 min, writes papers/dlpm/results/
-    python papers/dlpm/reproduce.py --quick    # reduced form (smoke test, a few seconds)
+    prefixsched reproduce dlpm [--quick] [--ray | --ray-address ADDR] [--jobs N]
+    python papers/dlpm/reproduce.py [--quick] [--only fig1 fig7 fig10 fig12]
+
+``fig1`` (Fig. 1 and Fig. 11, below; ~1 min, ``--quick`` a few seconds) runs here; Fig. 7, Fig. 10
+and Fig. 12 run as cached sweeps (``papers/dlpm/distributed.py``; ``--quick`` about a minute or
+two on 2 cores) and write ``fig7.json``, ``fig10.json``, ``fig12.json``, ``fig7.png``,
+``fig10.png``.
 
 Experiments
 -----------
@@ -44,24 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from prefixsched._io import atomic_write, write_json
-from prefixsched.reference.policies import create
-from prefixsched.reference.simulator import simulate
-from prefixsched.reference.traces import load_mooncake
-from prefixsched.reference.workloads import make_workload
-from prefixsched.theory.bounds import check_dlpm_thm_4_1, check_vtc_two_backlogged
-from prefixsched.theory.metrics import summarize
-from prefixsched.theory.cost import CostModel
-from prefixsched.theory.model import Instance, Limits
-from prefixsched.theory.schedule import check_trace
+from prefixsched.reproduce import pinned  # the setup of the committed results
+from prefixsched.sweep import run
+from prefixsched.sweep.cli import add_backend_arguments, backend_kwargs, default_cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
 TRACE = REPO.parent / "shared" / "data" / "mooncake" / "conversation_trace.jsonl"
 QUANTA = (1000, 2000, 4000, 8000, 16000, 32000)
 EXTRA_QUANTA = (128000,)
 KV_A10 = 60_000
-# These results were measured with the linear cost model (no attention, no KV reads: the CLI's and
-# loaders' default before issue #9, the "linear" profile); pinned so that they stay reproducible.
-LINEAR = CostModel()
 CONV_RATE = 2.0
 HEAVY = 3.5
 
@@ -70,21 +66,33 @@ def _spec(policy: str, quantum: float | None) -> dict[str, Any]:
     return {"policy": policy, "quantum": quantum}
 
 
-def run_one(instance: Instance, policy: str, quantum: float | None, seed: int) -> dict[str, Any]:
-    """Simulate, replay the trace with the checker (raises on a violation), summarise."""
-    pol = create(policy, quantum=quantum) if quantum is not None else create(policy)
-    trace = simulate(instance, pol, seed=seed)
-    rep = check_trace(instance, trace)  # strict: raises CheckerError if the trace breaks the model
-    s = summarize(trace, instance)
-    span = s["span_s"]
-    client_service = sum(v["service_client"] for v in s["per_client"].values())
+def cell(src: dict[str, Any], policy: str, quantum: float | None, seed: int) -> dict[str, Any]:
+    """The sweep cell of one run: input ``src`` (workload or trace keys), the policy, and the
+    bound scan of the policy's theorem as a probe (DLPM Thm 4.1, VTC's 2U)."""
+    c: dict[str, Any] = {**src, "seed": seed, "policy": policy}
+    if quantum is not None:
+        c["policy_params"] = {"quantum": float(quantum)}
+    if policy == "dlpm":
+        c["probes"] = ["dlpm_thm_4_1"]
+    if policy == "vtc":
+        c["probes"] = ["vtc_2U"]
+    return c
+
+
+def row_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The table row of one sweep record. Every trace was replayed by the checker in its cell
+    (strict: a violation fails the cell), so ``checker_ok`` is a fact, not an assumption."""
+    c, res = record["cell"], record["result"]
+    s = res["summary"]
+    policy = c["policy"]
+    quantum = (c.get("policy_params") or {}).get("quantum")
     row = {
         **_spec(policy, quantum),
         "label": policy if quantum is None else f"dlpm Q_u={int(quantum)}",
-        "checker_ok": rep.ok,
+        "checker_ok": True,
         "n_requests": s["n_requests"],
-        "span_s": span,
-        "service_rate": client_service / span,
+        "span_s": s["span_s"],
+        "service_rate": res["derived"]["service_rate_client"],
         "tokens_per_s": s["tokens_per_s"],
         "hit_rate": s["hit_rate"],
         "jain": s["jain"],
@@ -95,19 +103,19 @@ def run_one(instance: Instance, policy: str, quantum: float | None, seed: int) -
         "max_service_gap_actual": s["max_service_gap"]["value"],
     }
     if policy == "dlpm":
-        b = check_dlpm_thm_4_1(instance, trace, float(quantum))
-        row["thm_4_1"] = {"worst": b.worst, "bound": b.bound, "holds": b.holds}
+        b = res["probes"]["dlpm_thm_4_1"]
+        row["thm_4_1"] = {"worst": b["worst"], "bound": b["bound"], "holds": b["holds"]}
     if policy == "vtc":
-        b = check_vtc_two_backlogged(instance, trace)
-        row["vtc_2U"] = {"worst": b.worst, "bound": b.bound, "holds": b.holds}
+        b = res["probes"]["vtc_2U"]
+        row["vtc_2U"] = {"worst": b["worst"], "bound": b["bound"], "holds": b["holds"]}
     return row
 
 
-def sweep(instance: Instance, quanta: tuple[float, ...], seed: int, extra: tuple[str, ...] = ("fcfs",)) -> list[dict[str, Any]]:
-    rows = [run_one(instance, "lpm", None, seed), run_one(instance, "vtc", None, seed)]
-    rows += [run_one(instance, p, None, seed) for p in extra]
-    rows += [run_one(instance, "dlpm", float(q), seed) for q in quanta]
-    return rows
+def sweep_cells(src: dict[str, Any], quanta: tuple[float, ...], seed: int, extra: tuple[str, ...] = ("fcfs",)) -> list[dict[str, Any]]:
+    cells = [cell(src, "lpm", None, seed), cell(src, "vtc", None, seed)]
+    cells += [cell(src, p, None, seed) for p in extra]
+    cells += [cell(src, "dlpm", float(q), seed) for q in quanta]
+    return cells
 
 
 def frontier_claims(rows: list[dict[str, Any]], paper_quanta: tuple[float, ...]) -> dict[str, Any]:
@@ -133,20 +141,26 @@ def frontier_claims(rows: list[dict[str, Any]], paper_quanta: tuple[float, ...])
     }
 
 
-def fig11(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+def fig11_cells(seed: int, quick: bool) -> tuple[list[dict[str, Any]], list[tuple[int, float]], float]:
     total = CONV_RATE * (7 + HEAVY)
     counts = (5, 10) if quick else (5, 10, 50)
     dur = 8.0 if quick else 30.0
-    out: dict[str, Any] = {"total_conv_rate": total, "duration_s": dur, "kv_capacity_tokens": KV_A10, "rows": []}
+    cells, meta = [], []
     for n in counts:
         rate = total / (n - 1 + HEAVY)
-        inst = make_workload(
-            "default", clients=n, seed=args.seed, conv_rate=rate, duration_s=dur, limits=Limits(page_size=32, kv_capacity_tokens=KV_A10),
-            cost_model=LINEAR,
-        )
+        src = {"workload": "default", "clients": n, "workload_params": {"conv_rate": rate, "duration_s": dur}, "limits": {"page_size": 32, "kv_capacity_tokens": KV_A10}}
         for pol, q in (("lpm", None), ("dlpm", 8000.0), ("vtc", None)):
-            r = run_one(inst, pol, q, args.seed)
-            out["rows"].append({"clients": n, "conv_rate_per_client": rate, **r})
+            cells.append(cell(src, pol, q, seed))
+            meta.append((n, rate))
+    return cells, meta, dur
+
+
+def fig11(records: list[dict[str, Any]], meta: list[tuple[int, float]], dur: float) -> dict[str, Any]:
+    total = CONV_RATE * (7 + HEAVY)
+    out: dict[str, Any] = {"total_conv_rate": total, "duration_s": dur, "kv_capacity_tokens": KV_A10, "rows": []}
+    for rec, (n, rate) in zip(records, meta):
+        out["rows"].append({"clients": n, "conv_rate_per_client": rate, **row_of(rec)})
+    counts = list(dict.fromkeys(n for n, _ in meta))
     by = {(r["clients"], r["policy"]): r["service_rate"] for r in out["rows"]}
     order_ok = [by[(n, "lpm")] >= by[(n, "dlpm")] > by[(n, "vtc")] for n in counts]
     close = [by[(n, "dlpm")] >= 0.9 * by[(n, "lpm")] for n in counts]
@@ -213,8 +227,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "papers" / "dlpm" / "results"), help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="workload seed")
     ap.add_argument("--trace", default=str(TRACE), help="Mooncake JSONL (skipped if absent)")
+    ap.add_argument("--only", nargs="+", choices=["fig1", "fig7", "fig10", "fig12"], default=["fig1", "fig7", "fig10", "fig12"],
+                    help="experiments to run (default: all; fig1 also runs fig11)")
+    add_backend_arguments(ap, cache_default="$PREFIXSCHED_CACHE or ~/.cache/prefixsched/sweep")
     args = ap.parse_args(argv)
     quick = args.quick
+    rest = [x for x in args.only if x != "fig1"]
+    if rest:  # Fig. 7 / 10 / 12: sweeps (papers/dlpm/distributed.py)
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_dlpm_distributed", Path(__file__).with_name("distributed.py"))
+        dist = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(dist)
+        dist.run_all(rest, quick, args.seed, backend_kwargs(args, default_cache_dir()), Path(args.out))
+    if "fig1" not in args.only:
+        return 0
     res: dict[str, Any] = {
         "paper": "Cao et al., Locality-aware Fair Scheduling in LLM Serving, arXiv:2501.14312v1",
         "quick": quick,
@@ -222,46 +249,59 @@ def main(argv: list[str] | None = None) -> int:
         "fig1": {},
     }
     dur = 8.0 if quick else 45.0
-    inst = make_workload(
-        "default", seed=args.seed, conv_rate=CONV_RATE, duration_s=dur,
-        limits=Limits(page_size=32, kv_capacity_tokens=KV_A10), cost_model=LINEAR,
-    )
+    a10 = {"workload": "default", "workload_params": {"conv_rate": CONV_RATE, "duration_s": dur},
+           "limits": {"page_size": 32, "kv_capacity_tokens": KV_A10}}
     quanta = QUANTA if quick is False else (1000, 32000)
     paper_q = tuple(float(q) for q in quanta)
-    rows = sweep(inst, quanta + (() if quick else EXTRA_QUANTA), args.seed)
+    sections: list[tuple[str, list[dict[str, Any]]]] = [("default_a10", sweep_cells(a10, quanta + (() if quick else EXTRA_QUANTA), args.seed))]
+    if not quick:
+        ctrl = {"workload": "default"}
+        sections.append(("default_unmodified", [cell(ctrl, p, q, args.seed) for p, q in (("lpm", None), ("vtc", None), ("dlpm", 8000.0))]))
+    tpath = Path(args.trace)
+    n_moon = 300 if quick else 3000
+    if tpath.is_file():
+        sections.append(("mooncake", sweep_cells({"trace": str(tpath), "clients": 8, "max_requests": n_moon}, quanta, args.seed)))
+    c11, meta11, dur11 = fig11_cells(args.seed, quick)
+    sections.append(("fig11", c11))
+    allcells = [c for _, cs in sections for c in cs]
+    sw = run(pinned(allcells), name="dlpm-fig1-fig11", **backend_kwargs(args, default_cache_dir()))
+    if sw.failures:
+        raise SystemExit(f"dlpm reproduction: {len(sw.failures)} cell(s) failed: {sw.failures[0]['error']}")
+    recs: dict[str, list[dict[str, Any]]] = {}
+    i = 0
+    for name, cs in sections:
+        recs[name] = sw.records[i : i + len(cs)]
+        i += len(cs)
+    rows = [row_of(r) for r in recs["default_a10"]]
     res["fig1"]["default_a10"] = {
         "title": f"default workload, conv_rate {CONV_RATE}/s, {dur:g} s, KV {KV_A10 // 1000}k",
         "workload": {"name": "default", "conv_rate": CONV_RATE, "duration_s": dur, "kv_capacity_tokens": KV_A10},
         "rows": rows,
         "claims": frontier_claims(rows, paper_q),
     }
-    print(f"Fig. 1 analogue, default workload ({len(inst.requests)} requests, KV {KV_A10} tokens)")
+    print(f"Fig. 1 analogue, default workload ({rows[0]['n_requests']} requests, KV {KV_A10} tokens)")
     print(_table(rows))
     if not quick:
-        ctrl = make_workload("default", seed=args.seed, limits=Limits(page_size=32), cost_model=LINEAR)
-        crow = [run_one(ctrl, p, q, args.seed) for p, q in (("lpm", None), ("vtc", None), ("dlpm", 8000.0))]
+        crow = [row_of(r) for r in recs["default_unmodified"]]
         res["fig1"]["default_unmodified"] = {
             "title": "control: default workload as generated (480k KV, moderate overload)",
             "rows": crow,
         }
         print("\nControl: unmodified default workload")
         print(_table(crow))
-    tpath = Path(args.trace)
-    if tpath.is_file():
-        n = 300 if quick else 3000
-        mi = load_mooncake(tpath, clients=8, max_requests=n, limits=Limits(page_size=512), cost_model=LINEAR)
-        mrows = sweep(mi, quanta, args.seed)
+    if "mooncake" in recs:
+        mrows = [row_of(r) for r in recs["mooncake"]]
         res["fig1"]["mooncake"] = {
-            "title": f"Mooncake first {n} requests, 8 clients (family)",
+            "title": f"Mooncake first {n_moon} requests, 8 clients (family)",
             "rows": mrows,
             "claims": frontier_claims(mrows, paper_q),
         }
-        print(f"\nFig. 1 analogue, Mooncake first {n} requests")
+        print(f"\nFig. 1 analogue, Mooncake first {n_moon} requests")
         print(_table(mrows))
     else:
         res["fig1"]["mooncake_skipped"] = f"trace not found at {tpath.name} (../shared/data/mooncake/)"
         print(f"\nMooncake trace not found; skipped ({tpath})")
-    res["fig11"] = fig11(args, quick)
+    res["fig11"] = fig11(recs["fig11"], meta11, dur11)
     print("\nFig. 11 analogue (total rate fixed)")
     for r in res["fig11"]["rows"]:
         print(f"  {r['clients']:>3} clients {r['label']:<16} service {r['service_rate']:>9.0f}/s  hit {r['hit_rate']:.2f}  Jain {r['jain']:.3f}")

@@ -44,13 +44,11 @@ import numpy as np
 
 from prefixsched._io import atomic_write, write_json
 from prefixsched.gap import run_gap
-from prefixsched.reference.policies import create
-from prefixsched.reference.simulator import simulate
 from prefixsched.reference.workloads import make_workload
-from prefixsched.theory.metrics import percentiles, request_latencies
-from prefixsched.theory.cost import CostModel
-from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request
-from prefixsched.theory.schedule import check_trace
+from prefixsched.reproduce import pinned  # the setup of the committed results
+from prefixsched.sweep import run
+from prefixsched.sweep.cli import add_backend_arguments, backend_kwargs, default_cache_dir
+from prefixsched.theory.model import Instance
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX_LEN = 4096
@@ -61,49 +59,44 @@ BLOCK = 32
 
 
 def replica_instance(rate: float, n_prefixes: int, seed: int, replicas: int = REPLICAS) -> Instance:
-    """The replica-count-``replicas`` shuffled shared-prefix stream (module docstring).
+    """The replica-count-``replicas`` shuffled shared-prefix stream (module docstring; the
+    registered workload ``klpm-replica``).
 
     ``rate`` in requests/s (> 0); ``n_prefixes`` >= 1. Client of a request = ``c{prefix mod 4}``
     (irrelevant to k-LPM). Same arguments, same instance.
     """
-    rng = np.random.default_rng(seed)
-    order = np.repeat(np.arange(n_prefixes), replicas)
-    rng.shuffle(order)
-    arrivals = np.cumsum(rng.exponential(1.0 / rate, size=order.size))
-    pb, qb = PREFIX_LEN // BLOCK, -(-QUESTION_LEN // BLOCK)
-    base = n_prefixes * pb
-    reqs = []
-    for i, (g, t) in enumerate(zip(order.tolist(), arrivals.tolist())):
-        blocks = list(range(g * pb, (g + 1) * pb)) + list(range(base + i * qb, base + (i + 1) * qb))
-        reqs.append(
-            Request(
-                id=f"p{g}.r{i}", client=f"c{g % 4}", arrival=round(t, 6),
-                prompt=BlockPrompt(blocks, PREFIX_LEN + QUESTION_LEN, BLOCK), output_len=OUTPUT_LEN,
-            )
-        )
-    return Instance(requests=tuple(reqs), limits=Limits(page_size=BLOCK))
+    return make_workload("klpm-replica", clients=4, seed=seed, **_replica_params(rate, n_prefixes, replicas))
+
+
+def _replica_params(rate: float, n_prefixes: int, replicas: int = REPLICAS) -> dict[str, Any]:
+    return {"rate": rate, "n_prefixes": n_prefixes, "replicas": replicas, "prefix_len": PREFIX_LEN,
+            "question_len": QUESTION_LEN, "output_len": OUTPUT_LEN, "block_size": BLOCK}
 
 
 def _k_name(k: float) -> str:
     return "inf" if k == math.inf else str(int(k))
 
 
-def run_k(instance: Instance, k: float, seed: int) -> dict[str, Any]:
-    trace = simulate(instance, create("k-lpm", k=k), seed=seed)
-    rep = check_trace(instance, trace)  # strict: raises if the trace breaks the model
-    ttft = request_latencies(trace)["ttft"]
-    p = percentiles(ttft, (50, 90, 99))
-    hit = sum(r.cached_tokens for r in trace.requests) / sum(r.prompt_len for r in trace.requests)
-    return {"k": _k_name(k), "checker_ok": rep.ok, "ttft_p50": p[50], "ttft_p90": p[90], "ttft_p99": p[99],
-            "ttft_max": float(ttft.max()), "hit_rate": hit}
+def sweep_cells(workload: str, params: Any, rates: list[float], ks: tuple[float, ...], seed: int, clients: int = 4) -> list[dict[str, Any]]:
+    """One cell per (rate, k): ``workload`` with ``params(rate)`` under ``k-lpm`` with that k."""
+    return [
+        {"workload": workload, "clients": clients, "seed": seed, "workload_params": params(rate), "policy": "k-lpm",
+         "policy_params": {"k": k}, "probes": ["latency_max"], "tags": {"rate": rate, "k": _k_name(k)}}
+        for rate in rates for k in ks
+    ]
 
 
-def sweep(make: Any, rates: list[float], ks: tuple[float, ...], seed: int) -> dict[str, Any]:
-    rows = []
-    for rate in rates:
-        inst = make(rate)
-        for k in ks:
-            rows.append({"rate": rate, "n_requests": len(inst.requests), **run_k(inst, k, seed)})
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    res, tags = record["result"], record["cell"]["tags"]
+    s = res["summary"]
+    return {"rate": tags["rate"], "n_requests": res["n_requests"], "k": tags["k"], "checker_ok": True,
+            "ttft_p50": s["ttft_p50"], "ttft_p90": s["ttft_p90"], "ttft_p99": s["ttft_p99"],
+            "ttft_max": res["probes"]["latency_max"]["ttft_max"], "hit_rate": s["hit_rate"]}
+
+
+def analyse(records: list[dict[str, Any]], rates: list[float]) -> dict[str, Any]:
+    """Rows, the per-rate winners and the claim booleans, from the sweep's records."""
+    rows = [_row(r) for r in records]
     best = []
     for rate in rates:
         rr = {r["k"]: r["ttft_p99"] for r in rows if r["rate"] == rate}
@@ -183,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="reduced form (few seconds)")
     ap.add_argument("--out", default=str(REPO / "papers" / "klpm" / "results"), help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="workload / instance seed")
+    add_backend_arguments(ap, cache_default="$PREFIXSCHED_CACHE or ~/.cache/prefixsched/sweep")
     args = ap.parse_args(argv)
     quick, seed = args.quick, args.seed
     n_pref = 40 if quick else 500
@@ -195,17 +189,20 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {"prefix_len": PREFIX_LEN, "question_len": QUESTION_LEN, "output_len": OUTPUT_LEN,
                      "replicas": REPLICAS, "n_prefixes": n_pref, "block_size": BLOCK},
     }
-    res["replica4"] = sweep(lambda r: replica_instance(r, n_pref, seed), rates, ks, seed)
+    n_sp = n_pref * REPLICAS
+    sp_params = lambda r: {"groups": n_pref, "rate": r, "prefix_len": PREFIX_LEN,  # noqa: E731
+                           "question_len": QUESTION_LEN, "output_len": OUTPUT_LEN}
+    c_rep = sweep_cells("klpm-replica", lambda r: _replica_params(r, n_pref), rates, ks, seed)
+    c_sp = sweep_cells("shared-prefix", sp_params, rates, (1, 2, 4, math.inf), seed)
+    for c in c_sp:
+        c["n_requests"] = n_sp
+    sw = run(pinned(c_rep + c_sp), name="klpm", **backend_kwargs(args, default_cache_dir()))
+    if sw.failures:
+        raise SystemExit(f"klpm reproduction: {len(sw.failures)} cell(s) failed: {sw.failures[0]['error']}")
+    res["replica4"] = analyse(sw.records[: len(c_rep)], rates)
     print(f"P99 TTFT vs rate, replica count 4, {n_pref * REPLICAS} requests")
     _print(res, "replica4")
-    n_sp = n_pref * REPLICAS
-
-    def sp(rate: float) -> Instance:
-        return make_workload("shared-prefix", clients=4, seed=seed, n_requests=n_sp, groups=n_pref, rate=rate,
-                             prefix_len=PREFIX_LEN, question_len=QUESTION_LEN, output_len=OUTPUT_LEN,
-                             limits=Limits(page_size=BLOCK), cost_model=CostModel())  # the pre-#9 "linear" defaults
-
-    res["shared_prefix"] = sweep(sp, rates, (1, 2, 4, math.inf), seed)
+    res["shared_prefix"] = analyse(sw.records[len(c_rep):], rates)
     print(f"\nP99 TTFT vs rate, make_workload('shared-prefix', groups={n_pref}), {n_sp} requests")
     _print(res, "shared_prefix")
     n_gap, k_gap = (6, 4) if quick else (8, 60)

@@ -41,19 +41,18 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from prefixsched._io import atomic_write, write_json
-from prefixsched.reference.policies import create
-from prefixsched.reference.simulator import simulate
-from prefixsched.theory.bounds import check_vtc_two_backlogged
+from prefixsched.reference.workloads import make_workload
+from prefixsched.sweep import run
+from prefixsched.sweep.cli import add_backend_arguments, backend_kwargs, default_cache_dir
 from prefixsched.theory.cost import CostModel
-from prefixsched.theory.metrics import backlog_intervals, max_service_gap, service_timeline, summarize
-from prefixsched.theory.model import BlockPrompt, Instance, Limits, Request
-from prefixsched.theory.schedule import check_trace
+from prefixsched.theory.model import Instance, Limits
 
 REPO = Path(__file__).resolve().parents[2]
 RATES = (1.5, 3.0)
@@ -65,67 +64,48 @@ LIMITS = Limits(kv_capacity_tokens=10_000, max_prefill_tokens=3072, max_running_
 
 
 def overload_instance(duration_s: float, seed: int, rpm: int | None = None) -> Instance:
-    """The two-client overload suite (module docstring); ``rpm`` drops each client's requests
-    beyond ``rpm`` per minute window ``[60 j, 60 (j+1))`` (the RPM baseline)."""
-    rng = np.random.default_rng(seed)
-    raw = []
-    for c, rate in enumerate(RATES):
-        phase = float(rng.uniform(0, 1.0 / rate))
-        n = int(np.floor((duration_s - phase) * rate)) + 1
-        per_min: dict[int, int] = {}
-        for i in range(n):
-            t = round(phase + i / rate, 6)
-            if t > duration_s:
-                break
-            m = int(t // 60)
-            per_min[m] = per_min.get(m, 0) + 1
-            if rpm is not None and per_min[m] > rpm:
-                continue
-            raw.append((t, c, i))
-    raw.sort()
-    nb = IN_LEN // BLOCK
-    reqs = [
-        Request(id=f"c{c}.r{i}", client=f"c{c}", arrival=t,
-                prompt=BlockPrompt(list(range(j * nb, (j + 1) * nb)), IN_LEN, BLOCK), output_len=OUT_LEN)
-        for j, (t, c, i) in enumerate(raw)
+    """The two-client overload suite (module docstring; the registered workload
+    ``vtc-overload``); ``rpm`` drops each client's requests beyond ``rpm`` per minute window
+    ``[60 j, 60 (j+1))`` (the RPM baseline)."""
+    return make_workload("vtc-overload", seed=seed, duration_s=duration_s, rpm=rpm, limits=LIMITS, cost_model=A10G)
+
+
+def cells(duration_s: float, seed: int, rpm: int) -> list[dict[str, Any]]:
+    """The sweep: FCFS, VTC, and RPM-limited FCFS, each with the numbers of the table as probes."""
+    base = {
+        "workload": "vtc-overload", "seed": seed, "workload_params": {"duration_s": duration_s},
+        "limits": asdict(LIMITS), "cost_model": asdict(A10G),
+        "probes": ["service_gap_client", "vtc_2U", "backlog_s", "service_curve"],
+        "probe_params": {"service_curve": {"t0": 0.0, "t1": duration_s, "n": 121}},
+    }
+    return [
+        {**base, "policy": "fcfs", "label": "FCFS"},
+        {**base, "policy": "vtc", "label": "VTC"},
+        {**base, "policy": "fcfs", "label": f"RPM={rpm} + FCFS", "workload_params": {"duration_s": duration_s, "rpm": rpm}},
     ]
-    return Instance(requests=tuple(reqs), cost_model=A10G, limits=LIMITS)
 
 
-def run(instance: Instance, policy: str, label: str, seed: int, offered: int) -> tuple[dict[str, Any], Any]:
-    trace = simulate(instance, create(policy), seed=seed)
-    rep = check_trace(instance, trace)  # strict: raises if the trace breaks the model
-    s = summarize(trace, instance)
-    gap = max_service_gap(trace, instance, view="client")
-    bound = check_vtc_two_backlogged(instance, trace)
-    bl = backlog_intervals(trace)
-    backlogged_s = {c: float(sum(b - a for a, b in iv)) for c, iv in bl.items()}
-    row = {
-        "label": label,
-        "policy": policy,
-        "checker_ok": rep.ok,
+def row_of(record: dict[str, Any], offered: int) -> dict[str, Any]:
+    """The table row of one sweep record (every number from the cell's summary and probes)."""
+    res = record["result"]
+    s, pr = res["summary"], res["probes"]
+    gap = pr["service_gap_client"]
+    return {
+        "label": record["cell"]["label"],
+        "policy": record["cell"]["policy"],
+        "checker_ok": True,  # the cell replays its trace with check_trace (strict) or fails
         "offered_requests": offered,
         "served_requests": s["n_requests"],
         "span_s": s["span_s"],
         "tokens_per_s": s["tokens_per_s"],
         "service_client": {c: v["service_client"] for c, v in s["per_client"].items()},
-        "backlogged_s": backlogged_s,
+        "backlogged_s": pr["backlog_s"],
         "max_backlogged_gap": gap["value"],
-        "max_backlogged_gap_interval": list(gap["interval"]) if gap["interval"] else None,
-        "vtc_2U": {"worst": bound.worst, "bound": bound.bound, "holds": bound.holds, "pairs": bound.checked},
+        "max_backlogged_gap_interval": gap["interval"],
+        "vtc_2U": pr["vtc_2U"],
         "ttft_p50": s["ttft_p50"],
         "ttft_p99": s["ttft_p99"],
     }
-    return row, trace
-
-
-def _cum_at(instance: Instance, trace: Any, grid: np.ndarray) -> dict[str, np.ndarray]:
-    """Client-view cumulative service of each client at the times ``grid``
-    (:func:`prefixsched.theory.metrics.service_timeline`, read at the last step end <= t)."""
-    times, clients, cum = service_timeline(trace, instance, view="client")
-    idx = np.searchsorted(times, grid, side="right")
-    ext = np.vstack([np.zeros((1, len(clients))), cum])
-    return {c: ext[idx, j] for j, c in enumerate(clients)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,23 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "papers" / "vtc" / "results"), help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="arrival-phase seed")
     ap.add_argument("--rpm", type=int, default=60, help="RPM limit per client for the RPM baseline")
+    add_backend_arguments(ap, cache_default="$PREFIXSCHED_CACHE or ~/.cache/prefixsched/sweep")
     args = ap.parse_args(argv)
     dur = 60.0 if args.quick else 360.0
-    full = overload_instance(dur, args.seed)
-    limited = overload_instance(dur, args.seed, rpm=args.rpm)
-    n_off = len(full.requests)
-    rows, traces = [], {}
-    for inst, pol, label in ((full, "fcfs", "FCFS"), (full, "vtc", "VTC"), (limited, "fcfs", f"RPM={args.rpm} + FCFS")):
-        row, tr = run(inst, pol, label, args.seed, n_off)
-        rows.append(row)
-        traces[label] = (inst, tr)
+    n_off = len(overload_instance(dur, args.seed).requests)
+    res_sweep = run(cells(dur, args.seed, args.rpm), name="vtc-overload", **backend_kwargs(args, default_cache_dir()))
+    if res_sweep.failures:
+        raise SystemExit(f"vtc reproduction: {len(res_sweep.failures)} cell(s) failed: {res_sweep.failures[0]['error']}")
+    rows = [row_of(r, n_off) for r in res_sweep.records]
     # accumulated service difference at the end of the arrivals (Fig. 3's right panel)
     grid = np.linspace(0.0, dur, 121)
     curves = {}
-    for label, (inst, trace) in traces.items():
-        cum = _cum_at(inst, trace, grid)
-        curves[label] = {c: v.tolist() for c, v in cum.items()}
-        row = next(r for r in rows if r["label"] == label)
+    for rec, row in zip(res_sweep.records, rows):
+        cum = rec["result"]["probes"]["service_curve"]["service"]
+        curves[row["label"]] = cum
         row["accumulated_diff_at_end"] = float(abs(cum["c0"][-1] - cum["c1"][-1]))
     by = {r["label"]: r for r in rows}
     fc, vt, rp = by["FCFS"], by["VTC"], by[f"RPM={args.rpm} + FCFS"]

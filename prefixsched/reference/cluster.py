@@ -118,62 +118,88 @@ class GlobalPrefixTree:
     §8.11; stale tags are only removed by eviction events).
     """
 
-    __slots__ = ("root", "n_nodes")
+    __slots__ = ("root", "n_nodes", "version")
 
     def __init__(self) -> None:
         self.root = _GNode(None, None)
         self.n_nodes = 0
+        self.version = 0  # bumped by every change; a path from match_path is valid while it holds
 
-    def insert(self, keys: Sequence[Hashable], worker: int) -> None:
-        bit = 1 << worker
+    def match_path(self, keys: Sequence[Hashable]) -> tuple[int, int, list[_GNode]]:
+        """``(pages, mask, path)``: :meth:`longest_match_workers`'s answer plus ``path``, the nodes
+        of ``keys`` present in the tree from the root (possibly deeper than the match). Passing
+        ``path`` back to :meth:`insert` while :attr:`version` is unchanged saves the second walk
+        (one walk per dispatch instead of two)."""
         node = self.root
+        cur = -1
+        best_p = 0
+        best_m = 0
+        path: list[_GNode] = []
+        append = path.append
         for k in keys:
             child = node.children.get(k)
             if child is None:
-                child = _GNode(k, node)
-                node.children[k] = child
-                self.n_nodes += 1
-            child.mask |= bit
+                break
+            append(child)
+            if cur:
+                cur &= child.mask
+                if cur:
+                    best_p = len(path)
+                    best_m = cur
             node = child
+        return best_p, best_m, path
+
+    def insert(self, keys: Sequence[Hashable], worker: int, path: list[_GNode] | None = None) -> None:
+        """Tag every page of ``keys`` with ``worker``, creating missing nodes. ``path``: the
+        nodes :meth:`match_path` returned for these ``keys`` at the current :attr:`version`."""
+        bit = 1 << worker
+        if path is None:
+            path = self.match_path(keys)[2]
+        for nd in path:
+            nd.mask |= bit
+        node = path[-1] if path else self.root
+        n = len(path)
+        if n < len(keys):
+            for k in keys[n:]:
+                child = _GNode(k, node)
+                child.mask = bit
+                node.children[k] = child
+                node = child
+            self.n_nodes += len(keys) - n
+        self.version += 1
 
     def longest_match_workers(self, keys: Sequence[Hashable]) -> tuple[int, int]:
         """``(pages, mask)``: the longest match over workers and the bitmask of the workers with
         that match (``(0, 0)`` if no worker matches a single page)."""
-        node = self.root
-        cur = -1
-        best = (0, 0)
-        for i, k in enumerate(keys):
-            child = node.children.get(k)
-            if child is None:
-                break
-            cur &= child.mask
-            if not cur:
-                break
-            best = (i + 1, cur)
-            node = child
-        return best
+        pages, mask, _ = self.match_path(keys)
+        return pages, mask
 
     def remove(self, keys: Sequence[Hashable], start: int, worker: int) -> int:
         """Untag ``worker`` from the nodes of pages ``keys[start:]`` (those present). Returns the
         number of nodes untagged."""
-        clear = ~(1 << worker)
+        bit = 1 << worker
+        clear = ~bit
         node = self.root
         n = 0
-        for i, k in enumerate(keys):
+        i = 0
+        for k in keys:
             child = node.children.get(k)
             if child is None:
                 break
-            if i >= start and child.mask & ~clear:
+            if i >= start and child.mask & bit:
                 child.mask &= clear
                 n += 1
             node = child
+            i += 1
         # prune untagged leaves upwards
-        while node is not self.root and node.mask == 0 and not node.children:
+        root = self.root
+        while node is not root and node.mask == 0 and not node.children:
             parent = node.parent
             assert parent is not None
             del parent.children[node.key]
             self.n_nodes -= 1
             node = parent
+        self.version += 1
         return n
 
     def workers_at(self, keys: Sequence[Hashable]) -> list[int]:
@@ -235,6 +261,14 @@ class Dispatcher(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.params()}
+
+
+def _cached_path(cached: tuple | None, keys: tuple, tree: GlobalPrefixTree) -> list | None:
+    """The path :meth:`GlobalPrefixTree.match_path` gave in ``select`` for these very ``keys``,
+    if the tree has not changed since (else None: :meth:`~GlobalPrefixTree.insert` walks again)."""
+    if cached is not None and cached[0] is keys and cached[1] == tree.version:
+        return cached[2]
+    return None
 
 
 def _argmin_load(cands: Sequence[int], loads: Sequence[int]) -> int:
@@ -357,6 +391,7 @@ class D2LPMDispatcher(Dispatcher):
         self.refills: dict[str, int] = {}
         self.log: list[dict[str, Any]] = []
         self.evict_events = 0
+        self._path: tuple | None = None
 
     def select(self, request: Request, keys: tuple, now: float, loads: Sequence[int]) -> int:
         c = request.client
@@ -371,7 +406,8 @@ class D2LPMDispatcher(Dispatcher):
                 q[w] += self.q_w
             self.refills[c] += 1
             avail = [w for w in range(D) if q[w] > 0]
-        pages, G = self.tree.longest_match_workers(keys)
+        pages, G, path = self.tree.match_path(keys)
+        self._path = (keys, self.tree.version, path)
         cand = [w for w in avail if G >> w & 1]
         s = self.s
         choice = _argmin_load(cand or avail, s)
@@ -395,7 +431,7 @@ class D2LPMDispatcher(Dispatcher):
     def on_dispatch(self, request: Request, keys: tuple, worker: int, now: float) -> None:
         self.s[worker] += 1
         self.q[request.client][worker] -= self.w_e * request.prompt_len
-        self.tree.insert(keys, worker)
+        self.tree.insert(keys, worker, _cached_path(self._path, keys, self.tree))
 
     def on_finish(self, request: Request, worker: int, now: float) -> None:
         self.q[request.client][worker] -= self.w_q * request.output_len
@@ -452,15 +488,17 @@ class PrebleDispatcher(Dispatcher):
         super().bind(instance, workers)
         self.tree = GlobalPrefixTree()
         self.page_size = instance.limits.page_size
+        self._path: tuple | None = None
 
     def select(self, request: Request, keys: tuple, now: float, loads: Sequence[int]) -> int:
-        pages, G = self.tree.longest_match_workers(keys)
+        pages, G, path = self.tree.match_path(keys)
+        self._path = (keys, self.tree.version, path)
         if pages and pages * self.page_size > self.threshold * request.prompt_len:
             return _argmin_load([w for w in range(self.workers) if G >> w & 1], loads)
         return _argmin_load(range(self.workers), loads)  # type: ignore[arg-type]
 
     def on_dispatch(self, request: Request, keys: tuple, worker: int, now: float) -> None:
-        self.tree.insert(keys, worker)
+        self.tree.insert(keys, worker, _cached_path(self._path, keys, self.tree))
 
     def on_evict(self, worker: int, keys: tuple, start_pages: int, now: float) -> None:
         self.tree.remove(keys, start_pages, worker)
@@ -672,7 +710,7 @@ def simulate_cluster(
         dispatch[r.id] = w
         loads[w] += 1
         disp.on_dispatch(r, keys, w, A)
-        ws[w].submit(r, keys)
+        ws[w].submit(r)  # keys recomputed at join: Worker.keys_of would keep every prompt's keys for the whole run
         if progress is not None:
             progress(k + 1, n)
     for wk in ws:

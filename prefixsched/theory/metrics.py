@@ -59,6 +59,7 @@ __all__ = [
     "gap_bounds",
     "per_client_table",
     "demand_per_client",
+    "program_latencies",
 ]
 
 _VIEWS = ("actual", "client")
@@ -282,6 +283,59 @@ def request_latencies(
     multi = mask & (arr.output_len > 1)
     tpot = (arr.finish[multi] - arr.first_token[multi]) / (arr.output_len[multi] - 1)
     return {"ttft": ttft, "tpot": tpot, "e2e": e2e}
+
+
+def program_latencies(
+    trace: Trace | TraceArrays, program_of: Any, clients: Iterable[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Per-program completion times in seconds: for each program (a group of requests, e.g. one
+    ToT tree, one judge article, one document's questions), ``last finish - first arrival`` over
+    its requests. DLPM §6 measures ToT and LLM-as-a-judge latency this way (dlpm.md §5).
+
+    Parameters
+    ----------
+    trace:
+        The trace (a cluster's ``merged_trace()`` works: only arrival and finish are read).
+    program_of:
+        ``callable(request_id) -> program key`` (e.g.
+        :func:`prefixsched.reference.workloads.program_of`).
+    clients:
+        If given, only programs of these clients (a program belongs to the client of its first
+        request in record order).
+
+    Returns
+    -------
+    dict
+        ``"programs"``: program keys in order of first appearance; ``"e2e"``: their completion
+        times, shape ``(P,)``; ``"requests"``: requests per program, shape ``(P,)``.
+    """
+    arr = _as_arrays(trace)
+    keys: dict[Any, int] = {}
+    prog = np.empty(len(arr.ids), dtype=np.int64)
+    owner: list[int] = []
+    for i, rid in enumerate(arr.ids):
+        k = program_of(rid)
+        j = keys.get(k)
+        if j is None:
+            j = keys[k] = len(keys)
+            owner.append(int(arr.client_idx[i]))
+        prog[i] = j
+    P = len(keys)
+    first = np.full(P, np.inf)
+    np.minimum.at(first, prog, arr.arrival)
+    last = np.full(P, -np.inf)
+    np.maximum.at(last, prog, arr.finish)
+    count = np.bincount(prog, minlength=P)
+    names = list(keys)
+    mask = np.ones(P, dtype=bool)
+    if clients is not None:
+        wanted = set(clients)
+        mask = np.array([arr.clients[c] in wanted for c in owner], dtype=bool)
+    return {
+        "programs": [n for n, m in zip(names, mask) if m],
+        "e2e": (last - first)[mask],
+        "requests": count[mask],
+    }
 
 
 def percentiles(
@@ -835,8 +889,10 @@ def cluster_service_timeline(
         cum = _service_matrix(a, w, view)
         rows = np.searchsorted(a.step_end, times, side="right") - 1
         ok = rows >= 0
-        cols = np.array([col[c] for c in a.clients], dtype=np.int64)
-        out[np.ix_(np.flatnonzero(ok), cols)] += cum[rows[ok]]
+        idx = np.flatnonzero(ok)
+        r_ok = rows[ok]
+        for j, c in enumerate(a.clients):  # one column at a time: a (K,) temporary, not (K, C)
+            out[idx, col[c]] += cum[r_ok, j]
     return times, names, out
 
 
@@ -957,11 +1013,25 @@ def summarize_cluster(cluster_trace: Any) -> dict[str, Any]:
     reason = None
     rates: dict[str, float] = {}
     if tb > ta:
+        # W_f(T_a), W_f(T_b) summed over the workers, each read at its last step end <= T: the
+        # same numbers (same additions, same order) as reading cluster_service_timeline at T_a and
+        # T_b, without building the (all step ends) x clients matrix (1M requests: ~0.9 GiB less)
+        col = {c: k for k, c in enumerate(arr.clients)}
+        warrs = [trace_arrays(t) for t in cluster_trace.traces]
         for view in ("client", "actual"):
-            times, _names, cum = cluster_service_timeline(cluster_trace.traces, w, view, clients=arr.clients)
-            ext = np.vstack([np.zeros((1, C)), cum])
-            wa = ext[np.searchsorted(times, ta, side="right")]
-            wb = ext[np.searchsorted(times, tb, side="right")]
+            wa = np.zeros(C)
+            wb = np.zeros(C)
+            for a in warrs:
+                if not len(a.ids):
+                    continue
+                cum = _service_matrix(a, w, view)
+                cols = np.array([col[c] for c in a.clients], dtype=np.int64)
+                ia = int(np.searchsorted(a.step_end, ta, side="right")) - 1
+                ib = int(np.searchsorted(a.step_end, tb, side="right")) - 1
+                if ia >= 0:
+                    wa[cols] += cum[ia]
+                if ib >= 0:
+                    wb[cols] += cum[ib]
             jain[view] = jain_index((wb - wa) / (tb - ta))
             if view == "client":
                 rates = {c: float(r) for c, r in zip(arr.clients, (wb - wa) / (tb - ta))}

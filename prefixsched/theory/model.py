@@ -31,6 +31,7 @@ JSON instance format (round-trips through :meth:`Instance.to_dict` / :meth:`Inst
 from __future__ import annotations
 
 import math
+from itertools import repeat
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Union, overload
@@ -214,6 +215,8 @@ def page_keys(prompt: Prompt, page_size: int) -> tuple[Hashable, ...]:
         if bs % page_size == 0:
             per = bs // page_size
             blocks = prompt.blocks
+            if per == 1:  # one page per block: built by zip in C (the hot case at scale)
+                return tuple(zip(repeat("B", n_pages), blocks[:n_pages], repeat(0, n_pages)))
             return tuple(("B", blocks[p // per], p % per) for p in range(n_pages))
         tokens = tuple(prompt)
     else:

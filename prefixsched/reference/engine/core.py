@@ -344,7 +344,7 @@ class EngineBase:
         return fin, ev
 
     def prompt_keys(self, seq: int) -> tuple:
-        """The prompt's page keys of request ``seq`` (computed once, kept)."""
+        """The prompt's page keys of request ``seq`` (computed once, kept until it finishes)."""
         k = self.keys_of[seq]
         if k is None:
             k = self.keymaker.keys(self.reqs[seq].prompt)

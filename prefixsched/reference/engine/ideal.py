@@ -365,6 +365,7 @@ class IdealWorker(EngineBase):
             cache.release(private[s])
             private[s] = 0
             cache.insert(fill_keys(r, ps, r.prompt_len + r.output_len, self.prompt_keys(s)))
+            self.keys_of[s] = None  # a finished prompt's keys are not needed again (memory at 1M requests)
             cache.dec_lock_ref(node_of[s])
             node_of[s] = None
             self._client_stopped(self.ci_of[r.client])

@@ -982,6 +982,7 @@ class SGLangWorker(EngineBase):
     def _finish(self, s: int, end: float, kv: int, finished: list[FinishedInfo]) -> None:
         r = self.reqs[s]
         self._release(s, kv, insert=True)
+        self.keys_of[s] = None  # a finished prompt's keys are not needed again (memory at 1M requests)
         self.finish_t[s] = end
         self.finish_s[s] = self.step
         run = self.runs_of[s][-1]  # type: ignore[index]
