@@ -46,7 +46,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from oracles import DISPATCHER_ORACLES, POLICY_ORACLES
-from oracles.lockstep import Divergence, LockstepDispatcher, LockstepPolicy
+from oracles.lockstep import Delegate, Divergence, LockstepDispatcher, LockstepPolicy
 from prefixsched.errors import IllegalDecisionError
 from prefixsched.reference.cluster import D2LPMDispatcher, Dispatcher, simulate_cluster
 from prefixsched.reference.policies import create
@@ -70,7 +70,7 @@ def _num(x: Any) -> float:
 # the checkers
 
 
-class RuleChecker(Policy):
+class RuleChecker(Delegate, Policy):
     """Wraps a VTC-, DLPM- or k-LPM-like policy and checks INV-23 / INV-24 / INV-25 / INV-26
     at every event (which ones: by the keys of its ``state()``). ``checked`` counts the events
     at which a rule had something to check."""
@@ -261,17 +261,8 @@ class RuleChecker(Policy):
     def on_step_end(self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot) -> None:
         self.inner.on_step_end(decoded, finished, snap)
 
-    def params(self) -> dict[str, Any]:
-        return self.inner.params()
 
-    def state(self) -> dict[str, Any]:
-        return self.inner.state()
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
-
-
-class RuleCheckingDispatcher(Dispatcher):
+class RuleCheckingDispatcher(Delegate, Dispatcher):
     """Wraps a D²LPM-like dispatcher and checks INV-27 at every call."""
 
     name = "rule-checking"
@@ -340,9 +331,6 @@ class RuleCheckingDispatcher(Dispatcher):
 
     def on_evict(self, worker: int, keys: tuple, start_pages: int, now: float) -> None:
         self.inner.on_evict(worker, keys, start_pages, now)
-
-    def state(self) -> dict[str, Any]:
-        return self.inner.state()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,22 @@ from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, 
 from prefixsched.theory.model import Instance, Request
 
 
+class Delegate:
+    """``params()``, ``state()`` and ``describe()`` of the wrapped ``self.inner``, so that a wrapper
+    leaves the trace (and a cluster's ``meta``) as the wrapped policy or dispatcher writes it."""
+
+    inner: Any
+
+    def params(self) -> dict[str, Any]:
+        return self.inner.params()
+
+    def state(self) -> dict[str, Any]:
+        return self.inner.state()
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+
 class Divergence(AssertionError):
     """The reference and its oracle disagree (message: where, and what differs)."""
 
@@ -51,7 +67,7 @@ def state_diff(ref: Mapping[str, Any], oracle: Mapping[str, Any], keys: Sequence
     return out
 
 
-class LockstepPolicy(Policy):
+class LockstepPolicy(Delegate, Policy):
     """Runs ``ref`` (a Policy) and ``oracle`` side by side (module docstring).
 
     ``events`` counts the engine calls compared, ``decisions`` the ``decide`` calls and
@@ -59,7 +75,7 @@ class LockstepPolicy(Policy):
     """
 
     def __init__(self, ref: Policy, oracle: Any) -> None:
-        self.ref = ref
+        self.ref = self.inner = ref
         self.oracle = oracle
         self.name = ref.name  # type: ignore[misc]
         self.events = 0
@@ -94,17 +110,8 @@ class LockstepPolicy(Policy):
         fin = [f.id for f in finished]
         self._compare(f"step {snap.step}, t={snap.now}: on_step_end(decoded={dict(decoded)}, finished={fin})")
 
-    def params(self) -> dict[str, Any]:
-        return self.ref.params()
 
-    def state(self) -> dict[str, Any]:
-        return self.ref.state()
-
-    def describe(self) -> dict[str, Any]:
-        return self.ref.describe()
-
-
-class LockstepDispatcher(Dispatcher):
+class LockstepDispatcher(Delegate, Dispatcher):
     """Runs a reference :class:`Dispatcher` and a dispatcher oracle side by side. The reference
     must log its dispatches (``record=True``, for the ``G`` comparison)."""
 
@@ -114,7 +121,7 @@ class LockstepDispatcher(Dispatcher):
     KEYS = ("deficits", "loads", "refills", "evict_events")
 
     def __init__(self, ref: Dispatcher, oracle: Any) -> None:
-        self.ref = ref
+        self.ref = self.inner = ref
         self.oracle = oracle
         self.events = 0
         self.dispatches = 0
@@ -166,12 +173,3 @@ class LockstepDispatcher(Dispatcher):
         self.oracle.on_evict(worker, keys, start_pages, now)
         self.evictions += 1
         self._compare(f"t={now}: on_evict(worker {worker}, {len(keys) - start_pages} pages)")
-
-    def params(self) -> dict[str, Any]:
-        return self.ref.params()
-
-    def state(self) -> dict[str, Any]:
-        return self.ref.state()
-
-    def describe(self) -> dict[str, Any]:
-        return self.ref.describe()
