@@ -17,9 +17,14 @@ exposes (``state()``, ``params()``) and the engine's snapshot; the checker wraps
   that held credit through the whole pass (``q > 0`` before and after, not refilled) was left
   waiting only if it does not fit next to the pass's admissions.
 - ``INV-25`` DLPM refill rule: (a) a refill round happens only when no queued client has
-  credit (checked at the latest moment the pass's admission order allows); (b) a pass that
-  starts with no queued client in credit and room in the batch runs a refill round; (c) a
-  client in credit that the pass did not admit is neither refilled nor charged.
+  credit (checked at the latest moment the pass's admission order allows); (b) when the pass
+  reaches a point with no queued client in credit, room in the batch and a waiting request
+  still to visit in LPM order (its start, or right after an admission), it runs a refill round;
+  (c) a client in credit that the pass did not admit is neither refilled nor charged.
+- ``INV-29`` DLPM active list: after every step the clients with a deficit are exactly those
+  with a waiting or running request; a request of a client with nothing waiting and nothing
+  running starts it at ``q = 0``; an arrival changes no other deficit (and none of a client that
+  is still active).
 - ``INV-26`` k-LPM cycle: the cycle position advances by one per admission (mod k, wrapping
   counted in ``cycles``) and persists across passes; an admission at position 0 is the oldest
   request not yet admitted, one at another position the first request in LPM order that fits
@@ -79,16 +84,35 @@ class RuleChecker(Delegate, Policy):
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]
         self.last_left: str | None = None
-        self.checked: dict[str, int] = {"INV-23": 0, "INV-24": 0, "INV-25": 0, "INV-26": 0}
+        self.checked: dict[str, int] = {"INV-23": 0, "INV-24": 0, "INV-25": 0, "INV-26": 0, "INV-29": 0}
 
     # -- VTC
 
     def on_arrival(self, request: Request, now: float, snap: Snapshot) -> None:
         before = copy.deepcopy(self.inner.state())
         queue = [e.request.client for e in snap.fcfs()]
+        idle = request.client not in queue and snap.running_count(request.client) == 0
         self.inner.on_arrival(request, now, snap)
         if "counters" in before:
             self._vtc_lift(request.client, queue, before["counters"], self.inner.state()["counters"])
+        if "deficits" in before and "rounds" in before:
+            self._dlpm_join(request.client, idle, before["deficits"], self.inner.state()["deficits"])
+
+    # -- DLPM active list
+
+    def _dlpm_join(self, u: str, idle: bool, q0: Mapping[str, float], q1: Mapping[str, float]) -> None:
+        where = f"INV-29: arrival of a request of {u!r}"
+        self.checked["INV-29"] += 1
+        for c in q0:
+            if c != u and q1.get(c) != q0[c]:
+                raise RuleViolation(f"{where} changed {c!r}'s deficit {q0[c]} -> {q1.get(c)}")
+        if idle and (u in q0 or q1.get(u) != 0.0):
+            raise RuleViolation(
+                f"{where}, which had nothing waiting or running: it must (re)join the active list at q = 0 "
+                f"(before: {q0.get(u, 'not active')}, after: {q1.get(u, 'not active')})"
+            )
+        if not idle and q1.get(u) != q0.get(u):
+            raise RuleViolation(f"{where}, still active: its deficit moved {q0.get(u)} -> {q1.get(u)}")
 
     def _vtc_lift(self, u: str, queue: list[str], c0: Mapping[str, float], c1: Mapping[str, float]) -> None:
         where = f"INV-23: arrival of a request of {u!r}"
@@ -147,7 +171,18 @@ class RuleChecker(Delegate, Policy):
         self.checked["INV-24"] += 1
         self.checked["INV-25"] += 1
         # walk the admissions in order with the pass's charges, up to the first refill
+        order = sorted(entries, key=lambda e: (-e.cached_tokens, e.request.arrival, e.seq))
+        at = {e.request.id: i for i, e in enumerate(order)}
         q = dict(q0)
+        replay = snap.batch()
+        taken: set[str] = set()
+
+        def dry() -> bool:  # no queued client has credit
+            return not any(rem[c] > 0 and q[c] > 0 for c in rem)
+
+        def refill_due(after: int) -> bool:  # dry, room left, and a request still to visit
+            return dry() and not replay.full and any(at[e.request.id] > after and e.request.id not in taken for e in entries)
+
         for rid in admit:
             e = snap.entry(rid)
             u = e.request.client
@@ -165,6 +200,13 @@ class RuleChecker(Delegate, Policy):
                 break
             q[u] -= w_e * e.extend_tokens
             rem[u] -= 1
+            replay.try_add(e)
+            taken.add(rid)
+            if rounds == 0 and refill_due(at[rid]):  # INV-25 (b), in the middle of the pass
+                raise RuleViolation(
+                    f"INV-25: step {snap.step}: after admitting {rid!r} no queued client has credit and the batch has "
+                    "room, requests come after it in LPM order, but the pass ran no refill round"
+                )
         else:
             if rounds:
                 credited = {c: q[c] for c in rem if rem[c] > 0 and q[c] > 0}
@@ -260,6 +302,15 @@ class RuleChecker(Delegate, Policy):
 
     def on_step_end(self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot) -> None:
         self.inner.on_step_end(decoded, finished, snap)
+        st = self.inner.state()
+        if "deficits" in st and "rounds" in st:
+            self.checked["INV-29"] += 1
+            active = set(snap.waiting_clients()) | set(snap.running_clients())
+            if set(st["deficits"]) != active:
+                raise RuleViolation(
+                    f"INV-29: after step {snap.step} the active list is {sorted(st['deficits'])}, but the clients "
+                    f"with a waiting or running request are {sorted(active)}"
+                )
 
 
 class RuleCheckingDispatcher(Delegate, Dispatcher):
@@ -460,6 +511,15 @@ def test_dlpm_refill_rule_fires_on_eager_refills():
     _holds(lambda: create("dlpm", quantum=50), inst)
 
 
+def test_dlpm_active_list_fires_when_drained_clients_are_kept():
+    # a's only request finishes at the end of step 0 (t = 1): a must leave the active list then
+    inst = _inst([("a", 0, (1, 2), 1), ("b", 0, (3,), 3), ("a", 3, (4,), 1)], cost=DEC1)
+    msg = _fires(lambda: Bk.DLPMNeverForgets(quantum=10), inst, "INV-29")
+    assert "after step 0 the active list is ['a', 'b']" in msg
+    chk = _holds(lambda: create("dlpm", quantum=10), inst)
+    assert chk.checked["INV-29"] > 3
+
+
 def test_klpm_cycle_fires_when_the_position_resets_every_pass():
     # no shared prefixes: the LPM slot's pick is the oldest request too, so only the position
     # (and the cycle count) can tell
@@ -538,6 +598,7 @@ BROKEN = [
     ("dlpm", Bk.DLPMStopsAtMisfit, {"quantum": 20}, "INV-24"),
     ("dlpm", Bk.DLPMRefillAtStepEnd, {"quantum": 20}, "INV-25"),
     ("dlpm", Bk.DLPMEagerRefill, {"quantum": 20}, "INV-25"),
+    ("dlpm", Bk.DLPMNeverForgets, {"quantum": 20}, "INV-29"),
     ("k-lpm", Bk.KLPMCycleResets, {"k": 2}, "INV-26"),
 ]
 

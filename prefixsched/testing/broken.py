@@ -38,6 +38,9 @@ class                      the bug                                   the checker
 :class:`DLPMRefillAtStepEnd` CHECK_REFILL moved out of the pass to     INV-25 (refill rule)
                            the end of the step: a pass with no
                            queued credit admits nothing
+:class:`DLPMNeverForgets`  a drained client stays in the active     INV-29 (active list)
+                           list: its debt or credit carries over to
+                           its next backlog period
 :class:`KLPMCycleResets`   the k-LPM cycle position is reset to the  INV-26 (k-LPM cycle)
                            oldest slot at every pass
 :class:`D2LPMIgnoresCredit` dispatcher sends a request to the        INV-27 (D2LPM credit)
@@ -73,6 +76,7 @@ __all__ = [
     "DLPMZeroIsCredit",
     "DLPMStopsAtMisfit",
     "DLPMRefillAtStepEnd",
+    "DLPMNeverForgets",
     "KLPMCycleResets",
     "D2LPMIgnoresCredit",
 ]
@@ -344,6 +348,20 @@ class DLPMRefillAtStepEnd(DLPM):
         waiting = [u for u in snap.waiting_clients() if u in self.deficits]
         while waiting and not any(self.deficits[u] > 0 for u in waiting):
             self._refill()
+
+
+class DLPMNeverForgets(DLPM):
+    """DLPM that never removes a client from its active list: a client that drained (nothing
+    waiting, nothing running) keeps its deficit, debt or banked credit, into its next backlog
+    period (Thm A.2 assumes ``q = 0`` on rejoin), and is refilled while absent. ``INV-29``."""
+
+    name: ClassVar[str] = "broken-dlpm-never-forgets"
+    description: ClassVar[str] = "BROKEN: DLPM keeps drained clients in the active list"
+
+    def on_step_end(self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot) -> None:
+        w_q = snap.weights.w_q
+        for u, k in decoded.items():
+            self.deficits[u] -= w_q * k
 
 
 class KLPMCycleResets(KLPM):
