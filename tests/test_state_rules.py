@@ -20,11 +20,19 @@ exposes (``state()``, ``params()``) and the engine's snapshot; the checker wraps
   credit (checked at the latest moment the pass's admission order allows); (b) when the pass
   reaches a point with no queued client in credit, room in the batch and a waiting request
   still to visit in LPM order (its start, or right after an admission), it runs a refill round;
-  (c) a client in credit that the pass did not admit is neither refilled nor charged.
+  (c) a client in credit that the pass did not admit is neither refilled nor charged (queued
+  or only running); (d) every client's deficit moves by its rounds times ``Q_u * weight`` minus
+  ``w_e * extend_tokens`` of its admissions.
+- ``INV-8`` (per event, here): a step moves a DLPM deficit by ``-w_q`` per output token of the
+  client in the step, and by nothing else.
 - ``INV-29`` DLPM active list: after every step the clients with a deficit are exactly those
   with a waiting or running request; a request of a client with nothing waiting and nothing
   running starts it at ``q = 0``; an arrival changes no other deficit (and none of a client that
   is still active).
+- ``INV-30`` VTC charges: a decision adds ``w_e * prompt_len / weight`` (``extend_tokens`` with
+  ``charge="extend"``) per admitted request to its client's counter and nothing else; a step adds
+  ``w_q * (output tokens of the client in the step) / weight``; counters move otherwise only by
+  the lift (INV-23).
 - ``INV-26`` k-LPM cycle: the cycle position advances by one per admission (mod k, wrapping
   counted in ``cycles``) and persists across passes; an admission at position 0 is the oldest
   request not yet admitted, one at another position the first request in LPM order that fits
@@ -84,7 +92,7 @@ class RuleChecker(Delegate, Policy):
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]
         self.last_left: str | None = None
-        self.checked: dict[str, int] = {"INV-23": 0, "INV-24": 0, "INV-25": 0, "INV-26": 0, "INV-29": 0}
+        self.checked: dict[str, int] = {k: 0 for k in ("INV-23", "INV-24", "INV-25", "INV-26", "INV-29", "INV-30")}
 
     # -- VTC
 
@@ -97,6 +105,25 @@ class RuleChecker(Delegate, Policy):
             self._vtc_lift(request.client, queue, before["counters"], self.inner.state()["counters"])
         if "deficits" in before and "rounds" in before:
             self._dlpm_join(request.client, idle, before["deficits"], self.inner.state()["deficits"])
+
+    # -- VTC charges (INV-30)
+
+    def _vtc_weight(self, u: str) -> float:
+        return (self.inner.params().get("weights") or {}).get(u, 1.0)
+
+    def _vtc_charges(self, snap, admit, c0, c1) -> None:
+        self.checked["INV-30"] += 1
+        prompt = self.inner.params().get("charge", "prompt") == "prompt"
+        w_e = snap.weights.w_e
+        for u in c0:
+            mine = [snap.entry(r) for r in admit if snap.entry(r).request.client == u]
+            tokens = sum(e.request.prompt_len if prompt else e.extend_tokens for e in mine)
+            want = c0[u] + w_e * tokens / self._vtc_weight(u)
+            if not math.isclose(c1[u], want, rel_tol=1e-9, abs_tol=1e-9):
+                raise RuleViolation(
+                    f"INV-30: step {snap.step}: admitting {[e.request.id for e in mine]} should move {u!r}'s counter "
+                    f"{c0[u]} -> {want} (w_e * {tokens} tokens / weight), the policy has {c1[u]}"
+                )
 
     # -- DLPM active list
 
@@ -150,6 +177,8 @@ class RuleChecker(Delegate, Policy):
             self._dlpm(snap, entries, admit, before, after, full0)
         if "position" in before:
             self._klpm(snap, entries, admit, before, after)
+        if "counters" in before:
+            self._vtc_charges(snap, admit, before["counters"], after["counters"])
         # the last leaver (INV-23): the client whose last waiting request was admitted last
         left = {}
         for e in entries:
@@ -222,18 +251,31 @@ class RuleChecker(Delegate, Policy):
                 "batch has room, but the pass ran no refill round"
             )
         admitted_clients = {snap.entry(r).request.client for r in admit}
+        for u in q0:  # INV-25 (c): every active client, queued or only running
+            if q0[u] > 0 and u not in admitted_clients:
+                if after["refills"][u] != before["refills"][u] or after["deficits"][u] != q0[u]:
+                    raise RuleViolation(
+                        f"INV-25: step {snap.step}: {u!r} had credit {q0[u]} and was not admitted, but the pass moved "
+                        f"its deficit to {after['deficits'][u]} (refills {before['refills'][u]} -> {after['refills'][u]})"
+                    )
+        # INV-25 (d): a round adds Q_u * weight; admissions charge w_e * extend_tokens
+        p = self.inner.params()
+        Q, wts = float(p["quantum"]), p.get("weights") or {}
+        for u in q0:
+            k = after["refills"][u] - before["refills"][u]
+            charged = sum(w_e * snap.entry(r).extend_tokens for r in admit if snap.entry(r).request.client == u)
+            want = q0[u] + k * Q * wts.get(u, 1.0) - charged
+            if not math.isclose(after["deficits"][u], want, rel_tol=1e-9, abs_tol=1e-9):
+                raise RuleViolation(
+                    f"INV-25: step {snap.step}: {u!r}: deficit {q0[u]} + {k} round(s) of Q_u * weight "
+                    f"{Q * wts.get(u, 1.0)} - charges {charged} = {want}, the policy has {after['deficits'][u]}"
+                )
         b = snap.batch()
         for rid in admit:
             assert b.try_add(snap.entry(rid))
         for u in {e.request.client for e in entries}:
             if q0[u] <= 0:
                 continue
-            if u not in admitted_clients:  # INV-25 (c)
-                if after["refills"][u] != before["refills"][u] or after["deficits"][u] != q0[u]:
-                    raise RuleViolation(
-                        f"INV-25: step {snap.step}: {u!r} had credit {q0[u]} and was not admitted, but the pass moved "
-                        f"its deficit to {after['deficits'][u]} (refills {before['refills'][u]} -> {after['refills'][u]})"
-                    )
             if after["refills"][u] == before["refills"][u] and after["deficits"][u] > 0:  # INV-24 (b)
                 for e in entries:
                     if e.request.client == u and e.request.id not in admit and b.fits(e):
@@ -301,9 +343,28 @@ class RuleChecker(Delegate, Policy):
                 )
 
     def on_step_end(self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot) -> None:
+        before = copy.deepcopy(self.inner.state())
         self.inner.on_step_end(decoded, finished, snap)
         st = self.inner.state()
+        if "counters" in st:  # INV-30: the decode charge
+            self.checked["INV-30"] += 1
+            w_q = snap.weights.w_q
+            for u, c in before["counters"].items():
+                want = c + w_q * decoded.get(u, 0) / self._vtc_weight(u)
+                if not math.isclose(st["counters"][u], want, rel_tol=1e-9, abs_tol=1e-9):
+                    raise RuleViolation(
+                        f"INV-30: step {snap.step}: {decoded.get(u, 0)} output token(s) of {u!r} should move its counter "
+                        f"{c} -> {want} (w_q * tokens / weight), the policy has {st['counters'][u]}"
+                    )
         if "deficits" in st and "rounds" in st:
+            w_q = snap.weights.w_q
+            for u, q in st["deficits"].items():  # INV-8, per step: line 13's decode charge only
+                want = before["deficits"][u] - w_q * decoded.get(u, 0)
+                if u in before["deficits"] and not math.isclose(q, want, rel_tol=1e-9, abs_tol=1e-9):
+                    raise RuleViolation(
+                        f"INV-8: step {snap.step}: {decoded.get(u, 0)} output token(s) of {u!r} should move its deficit "
+                        f"{before['deficits'][u]} -> {want} (w_q per token), the policy has {q}"
+                    )
             self.checked["INV-29"] += 1
             active = set(snap.waiting_clients()) | set(snap.running_clients())
             if set(st["deficits"]) != active:
@@ -476,6 +537,54 @@ def test_vtc_lift_of_a_returning_client_fires_when_only_newcomers_are_lifted():
     _holds(lambda: create("vtc"), inst)
 
 
+def test_vtc_charges_fire_on_the_artifacts_double_decode_charge():
+    # r0 decodes two tokens; in step 1 it finishes and the artifact charges that step twice
+    inst = _inst([("a", 0, (1,), 2), ("b", 0, (2,), 3)], cost=DEC1)
+    msg = _fires(Bk.VTCArtifactDoubleCharge, inst, "INV-30")
+    assert "step 1" in msg and "w_q * tokens / weight" in msg
+    chk = _holds(lambda: create("vtc", charge="extend", weights={"a": 2.0}), inst)
+    assert chk.checked["INV-30"] > 3
+
+
+def test_dlpm_refill_amounts_and_idle_credit_are_checked():
+    from prefixsched.reference.policies.dlpm import DLPM
+
+    class HalfRefill(DLPM):  # a round gives Q_u / 2
+        def _refill(self):
+            self.rounds += 1
+            for u in self.deficits:
+                if self.deficits[u] <= 0:
+                    self.deficits[u] += self.quantum / 2
+                    self.refills[u] += 1
+
+    class TopsUpRunning(DLPM):  # a round also tops up clients with credit below Q_u
+        def _refill(self):
+            super()._refill()
+            for u in self.deficits:
+                if 0 < self.deficits[u] < self.quantum / 2:
+                    self.deficits[u] += self.quantum / 2
+
+    inst = _inst([("a", 0, (1, 2), 2), ("b", 0, (3,), 2)])
+    assert "round(s) of Q_u * weight" in _fires(lambda: HalfRefill(quantum=10), inst, "INV-25")
+    # a runs a long request with a little credit left; b's arrival triggers a round
+    inst2 = _inst([("a", 0, (1, 2, 3, 4, 5, 6, 7), 4), ("b", 1, (8,), 1)], cost=DEC1)
+    msg = _fires(lambda: TopsUpRunning(quantum=10), inst2, "INV-25")
+    assert "had credit 1.0 and was not admitted" in msg
+    _holds(lambda: create("dlpm", quantum=10), inst2)
+
+
+def test_dlpm_decode_charge_is_checked_per_step():
+    from prefixsched.reference.policies.dlpm import DLPM
+
+    class PerClient(DLPM):  # line 13 read as one token per client and step
+        def on_step_end(self, decoded, finished, snap):
+            super().on_step_end({u: 1 for u in decoded}, finished, snap)
+
+    inst = _inst([("a", 0, (1,), 2), ("a", 0, (2,), 2)])
+    assert "2 output token(s) of 'a'" in _fires(lambda: PerClient(quantum=10), inst, "INV-8")
+    _holds(lambda: create("dlpm", quantum=10), inst)
+
+
 def test_dlpm_credit_gate_fires_when_zero_counts_as_credit():
     # a is refilled and holds credit; b joins with q = 0 while a still waits with credit
     inst = _inst([("a", 0, (1, 2, 3), 1), ("a", 0, (1, 2, 4), 1), ("b", 0, (5,), 1)], running=3)
@@ -594,6 +703,7 @@ def test_d2lpm_rules_see_a_missing_finish_charge_and_an_early_refill():
 BROKEN = [
     ("vtc", Bk.VTCArtifactLift, {}, "INV-23"),
     ("vtc", Bk.VTCLiftsNewcomers, {}, "INV-23"),
+    ("vtc", Bk.VTCArtifactDoubleCharge, {}, "INV-30"),
     ("dlpm", Bk.DLPMZeroIsCredit, {"quantum": 20}, "INV-24"),
     ("dlpm", Bk.DLPMStopsAtMisfit, {"quantum": 20}, "INV-24"),
     ("dlpm", Bk.DLPMRefillAtStepEnd, {"quantum": 20}, "INV-25"),

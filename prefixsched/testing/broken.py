@@ -28,6 +28,10 @@ class                      the bug                                   the checker
 :class:`VTCLiftsNewcomers` lifts only clients seen for the first     INV-23 (VTC lift)
                            time; a returning client keeps its old,
                            lower counter
+:class:`VTCArtifactDoubleCharge` in a step in which a request        INV-30 (VTC charges)
+                           finishes, every running request's
+                           output is charged twice (the artifact's
+                           ``update_counter`` quirk)
 :class:`DLPMZeroIsCredit`  ``q >= 0`` counts as credit: a client at  INV-24 (credit gate)
                            ``q = 0`` (a newcomer) is admitted
                            without a refill round
@@ -73,6 +77,7 @@ __all__ = [
     "check_lock_safety",
     "VTCArtifactLift",
     "VTCLiftsNewcomers",
+    "VTCArtifactDoubleCharge",
     "DLPMZeroIsCredit",
     "DLPMStopsAtMisfit",
     "DLPMRefillAtStepEnd",
@@ -273,6 +278,20 @@ class VTCLiftsNewcomers(VTC):
         if request.client in self.counters:
             return
         super().on_arrival(request, now, snap)
+
+
+class VTCArtifactDoubleCharge(VTC):
+    """VTC with the artifact's decode accounting (vtc_fastswitch_preble.md §A.5): ``update_counter``
+    runs again in every step in which a request finishes, so each running request's output token
+    of that step is charged twice. ``INV-30``."""
+
+    name: ClassVar[str] = "broken-vtc-artifact-double-charge"
+    description: ClassVar[str] = "BROKEN: VTC charges decode twice in steps with a finish"
+
+    def on_step_end(self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot) -> None:
+        super().on_step_end(decoded, finished, snap)
+        if finished:
+            super().on_step_end(decoded, finished, snap)
 
 
 def _dlpm_pass(
