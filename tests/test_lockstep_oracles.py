@@ -78,7 +78,7 @@ def test_policy_equals_its_oracle_at_every_event(name, inst, data):
     lock = pair(name, params)
     simulate(inst, lock)
     assert lock.decisions > 0 and lock.admitted == len(inst.requests)
-    assert lock.events >= 2 * len(inst.requests)
+    assert lock.events >= len(inst.requests) + 2  # every arrival, at least one decision and one step end
 
 
 Q_W = [None, 1.0, 5.0, 20.0, 100.0, math.inf]

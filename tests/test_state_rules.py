@@ -84,8 +84,9 @@ def _num(x: Any) -> float:
 
 
 class RuleChecker(Delegate, Policy):
-    """Wraps a VTC-, DLPM- or k-LPM-like policy and checks INV-23 / INV-24 / INV-25 / INV-26
-    at every event (which ones: by the keys of its ``state()``). ``checked`` counts the events
+    """Wraps a VTC-, DLPM- or k-LPM-like policy and checks its rules at every event: VTC
+    (``state()`` has ``counters``) INV-23 and INV-30; DLPM (``deficits`` and ``rounds``) INV-24,
+    INV-25, INV-29 and INV-8 per step; k-LPM (``position``) INV-26. ``checked`` counts the events
     at which a rule had something to check."""
 
     def __init__(self, inner: Policy) -> None:
@@ -94,7 +95,7 @@ class RuleChecker(Delegate, Policy):
         self.last_left: str | None = None
         self.checked: dict[str, int] = {k: 0 for k in ("INV-23", "INV-24", "INV-25", "INV-26", "INV-29", "INV-30")}
 
-    # -- VTC
+    # -- arrivals: the VTC lift (INV-23), the DLPM join (INV-29)
 
     def on_arrival(self, request: Request, now: float, snap: Snapshot) -> None:
         before = copy.deepcopy(self.inner.state())
