@@ -23,6 +23,7 @@ from prefixsched.testing.strategies import (
     cost_models,
     instances,
     limits_for,
+    lockstep_instances,
     prefix_trees,
     prompts_from_tree,
 )
@@ -43,6 +44,7 @@ from prefixsched.testing.suite import (
 )
 
 __all__ = [
+    "lockstep_instances",
     "check_policy",
     "run_invariants",
     "PolicyReport",

@@ -11,6 +11,9 @@ tests in ``tests/test_invariants.py``). The shapes aim at the situations where s
 - **misbehaving clients**: a *flooder* (many requests at once with long outputs), a *long-prompt*
   client (prompts near the KV capacity) and a *late joiner* (arrives after everyone else is
   backlogged), the shapes behind the fairness theorems' premises;
+- **rejoining clients** (opt-in kind ``"rejoiner"``, :data:`LOCKSTEP_KINDS`): short on-off bursts
+  with long outputs, so the client's waiting queue drains and it rejoins the backlog while its
+  earlier requests still run (VTC's counter lift and DLPM's active list on rejoin);
 - **binding limits**: KV capacity, prefill budget and running slots are drawn small enough that
   they bind sometimes (KV capacity is never below the largest ``prompt + output`` of the
   instance, so every instance stays feasible).
@@ -45,12 +48,17 @@ __all__ = [
     "limits_for",
     "instances",
     "backlogged_instances",
+    "LOCKSTEP_KINDS",
+    "lockstep_instances",
 ]
 
 #: Arrival processes understood by :func:`arrival_ticks`.
 ARRIVAL_PROCESSES = ("burst", "poisson", "periodic", "on-off")
 #: Client behaviours drawn by :func:`client_specs`.
 CLIENT_KINDS = ("normal", "flooder", "long-prompt", "late-joiner")
+#: :data:`CLIENT_KINDS` plus ``"rejoiner"`` (drains and rejoins while its requests still run); the
+#: kinds :func:`lockstep_instances` draws. Opt-in: :func:`instances` draws it only when asked.
+LOCKSTEP_KINDS = CLIENT_KINDS + ("rejoiner",)
 
 _DEFAULT_TICK_S = 5e-3  # one tick under the default cost model (about one small prefill step)
 
@@ -179,8 +187,18 @@ def client_specs(
     max_output: int = 8,
     kinds: Sequence[str] = CLIENT_KINDS,
 ) -> ClientSpec:
-    """One client's behaviour (see :class:`ClientSpec`); ``index`` names it ``c{index}``."""
+    """One client's behaviour (see :class:`ClientSpec`); ``index`` names it ``c{index}``.
+
+    ``kinds`` may also hold ``"rejoiner"``: on-off bursts of 1..4 requests with idle periods of
+    2..12 ticks and outputs in the upper half of ``[1, max_output]``, so that its queue empties and
+    it rejoins while earlier requests are still decoding.
+    """
     kind = draw(st.sampled_from(list(kinds)))
+    if kind == "rejoiner":
+        return ClientSpec(
+            f"c{index}", kind, "on-off", draw(st.integers(2, max(2, max_requests))), draw(st.integers(0, 2)),
+            draw(st.integers(0, 3)), max(1, (max_output + 1) // 2), max_output,
+        )
     if kind == "flooder":
         return ClientSpec(
             f"c{index}", kind, "burst", draw(st.integers(2, max(2, max_requests))), 0, draw(st.integers(0, 2)),
@@ -315,5 +333,22 @@ def backlogged_instances(
         max_clients=n_clients,
         max_requests_per_client=max_requests_per_client,
         kinds=("flooder",),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def lockstep_instances(
+    *, max_clients: int = 4, max_requests_per_client: int = 6, max_output: int = 8, **kw: object
+) -> st.SearchStrategy[Instance]:
+    """Instances for lockstep tests of a policy against its oracle (tests/oracles): 1 to
+    ``max_clients`` clients of every kind in :data:`LOCKSTEP_KINDS` (flooders, late joiners,
+    long prompts, rejoiners, mixed arrival processes), shared or per-client prefix trees and
+    binding limits (KV capacity down to the largest ``prompt + output``). Keyword arguments go to
+    :func:`instances`."""
+    return instances(
+        max_clients=max_clients,
+        max_requests_per_client=max_requests_per_client,
+        max_output=max_output,
+        kinds=LOCKSTEP_KINDS,
         **kw,  # type: ignore[arg-type]
     )
