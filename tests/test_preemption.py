@@ -457,3 +457,21 @@ def test_online_worker_with_preemption_equals_the_whole_instance_run():
         w.submit(r)
     w.run(final=True)
     assert json.dumps(w.trace().to_dict(), sort_keys=True) == json.dumps(whole.to_dict(), sort_keys=True)
+
+
+def test_a_swap_in_that_the_decode_batch_needs_the_pages_of_is_aborted():
+    # found by hypothesis: a 35-token pool where an admitted, still-copying swap-in holds the pages
+    # the only running request needs for its next token. The engine gives the swap-in's pages back
+    # (an "abort" event; the request waits again) instead of failing to decode.
+    outs = [20, 23, 29, 22, 20, 20, 20]
+    reqs = tuple(R(f"r{k}", "c0", 0.0, (10000,), o) for k, o in enumerate(outs))
+    reqs += tuple(R(f"r{7 + k}", "c1", 0.0, (20000,), 20) for k in range(4))
+    i = Instance(reqs, CostModel.token_units(), Limits(kv_capacity_tokens=35, max_prefill_tokens=1, max_running_requests=2,
+                                                        page_size=1, chunked_prefill_size=None))
+    w = Worker(i, create("vtc-preempt", interval=1, margin=0.0), engine="sglang", preemption=PreemptionConfig.fastswitch())
+    w.run(final=True)
+    tr = w.trace()
+    assert tr.meta["preemption"]["aborted_swap_ins"] >= 1
+    assert any(e.kind == "abort" for e in tr.switches)
+    assert check_trace(i, tr).ok
+    _final_state_is_clean(w)

@@ -790,6 +790,12 @@ def _check_switches(
             outs[ev.request].append(ev)
         elif ev.kind == "in":
             ins[ev.request].append(ev)
+        elif ev.kind == "abort":  # cancels the request's latest swap-in: no run follows it
+            if not ins.get(ev.request):
+                col.add("switch", f"request {ev.request!r}: a swap-in abort in step {ev.step} without a swap-in")
+            else:
+                ins[ev.request].pop()
+            continue
         if ev.kind == "evict":
             if ev.tokens < 0:
                 col.add("switch", f"step {ev.step}: a host eviction of {ev.tokens} tokens")
@@ -818,7 +824,7 @@ def _check_switches(
         if not reuse and ev.kind == "out" and ev.tokens != ev.kv_tokens:
             col.add("switch", f"{where}: without reuse a swap-out sends the whole KV ({ev.kv_tokens}), not {ev.tokens}")
     # the link: one stream (sync) or one per direction (async); copies do not overlap
-    lanes = [[e for e in events if e.kind != "evict"]] if sync else [
+    lanes = [[e for e in events if e.kind in ("out", "in")]] if sync else [
         [e for e in events if e.kind == "out"], [e for e in events if e.kind == "in"]]
     for lane in lanes:
         lane = sorted(lane, key=lambda e: (e.t_start, e.t_end))
@@ -877,7 +883,7 @@ def _check_switches(
             ledger.append((ev.t_start, idx, ev.tokens))
         elif ev.kind == "evict":
             ledger.append((ev.t_start, idx, -ev.tokens))
-        elif ev.kind == "in":
+        elif ev.kind == "in" and ev.tokens >= 0:
             ledger.append((ev.t_end, idx, -(ev.kv_tokens if not reuse else ev.kv_tokens % ps)))
     ledger.sort()
     used, peak = 0, 0

@@ -61,7 +61,7 @@ STEP_KINDS = ("M", "P", "D")
 #: (KV freed, recomputed later) or in *swap* mode (KV copied to host memory).
 RUN_ENDS = ("finish", "retract", "preempt", "swap")
 #: Directions of a context-switch transfer (:attr:`Trace.switches`) and the host-eviction event.
-SWITCH_KINDS = ("out", "in", "evict")
+SWITCH_KINDS = ("out", "in", "evict", "abort")
 
 
 class Run(NamedTuple):
@@ -109,8 +109,10 @@ class SwitchEvent(NamedTuple):
     request:
         The request id (``""`` for ``"evict"``).
     kind:
-        ``"out"`` (GPU -> host, a swap-out), ``"in"`` (host -> GPU, a swap-in) or ``"evict"``
-        (the host pool dropped LRU pages to make room).
+        ``"out"`` (GPU -> host, a swap-out), ``"in"`` (host -> GPU, a swap-in), ``"evict"`` (the
+        host pool dropped LRU pages to make room) or ``"abort"`` (the swap-in just issued for this
+        request was cancelled before the request ran: the decode batch needed its GPU pages; the
+        request waits again and no swap-in run follows that ``"in"``).
     kv_tokens:
         ``"out"``: the request's KV tokens at the swap-out; ``"in"``: the KV tokens the resumed run
         holds (``cached + swapped_in``); ``"evict"``: 0.

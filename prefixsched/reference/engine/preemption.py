@@ -49,7 +49,9 @@ Time (the link, :mod:`prefixsched.theory.switch_cost` prices each copy):
   queue per direction (PCIe is full duplex), overlapping compute, which they do not slow down
   (*decision*: copy engines are separate from the SMs; no contention factor). A swapped-out
   request's GPU pages stay held, and the request stays out of the waiting queue, until its copy
-  completes ("blocks being swapped out are not reused until the copy completes", §B.3); a request
+  completes ("blocks being swapped out are not reused until the copy completes", §B.3); if the
+  decode batch's next tokens need those pages, the engine waits for the copy (a stall) instead of
+  retracting; a request
   being swapped in holds its GPU pages and a running slot but is not runnable until its copy
   completes (it joins the decode batch at the first decode step starting at or after that). With
   nothing runnable the engine idles until the next copy completes or request arrives.
@@ -486,6 +488,9 @@ class Preemptor:
         self.n_swap_out = 0
         self.n_swap_in = 0
         self.n_recompute = 0
+        self.n_abort = 0
+        self.aborted: set[int] = set()  # heap orders of cancelled asynchronous swap-ins
+        self.in_order: dict[int, int] = {}  # seq -> heap order of its swap-in in flight
         self.stall_s = 0.0
 
     # ------------------------------------------------------------------ validation
@@ -689,6 +694,7 @@ class Preemptor:
             else:
                 pool.lock_for_read(s, keys)
                 heapq.heappush(self.heap, (ends[r.id], self.order, "in", s))
+                self.in_order[s] = self.order
                 self.order += 1
             b.ids.remove(s)
             b._set.discard(s)
@@ -703,7 +709,10 @@ class Preemptor:
         now = eng.now
         pool = self.pool
         while heap and heap[0][0] <= now:
-            _, _, kind, s = heapq.heappop(heap)
+            _, order, kind, s = heapq.heappop(heap)
+            if kind == "in" and order in self.aborted:
+                self.aborted.discard(order)
+                continue
             if kind == "out":
                 kv = self.out_pending.pop(s)
                 pool.unlock(s)  # type: ignore[union-attr]
@@ -711,11 +720,60 @@ class Preemptor:
                 eng.kv_len[s] = 0
                 self._requeue(s)
             else:
+                self.in_order.pop(s, None)
                 r = eng.reqs[s]
                 keys = fill_keys(r, eng.page_size, eng.kv_len[s], eng.prompt_keys(s))
                 pool.unlock(s)  # type: ignore[union-attr]
                 pool.swap_in(s, keys, r.id)  # type: ignore[union-attr]
                 self.ready.append(s)
+
+    def ensure_decode_room(self) -> None:
+        """Decode pass, before ``check_decode_mem``: if the decode batch's next tokens do not fit
+        while asynchronous swap-outs still hold GPU pages, wait (a GPU stall) for those copies to
+        end rather than retract: their pages are on their way back to the pool. If that is not
+        enough, admitted swap-ins that have not run yet give their pages back (:meth:`abort`),
+        newest first."""
+        if not self.out_pending and not self.held:
+            return
+        eng = self.eng
+        need = eng._decode_need(eng.running)
+        eng._evict_for(need)
+        while self.out_pending and eng.cache.free_tokens < need:
+            t = min(t for t, _, k, _s in self.heap if k == "out")
+            if t > eng.now:
+                eng.now = t
+            self.complete()
+            eng._evict_for(need)
+        # still short: give back the pages of admitted swap-ins that have not run yet, newest first
+        while self.held and eng.cache.free_tokens < need:
+            self.abort(next(reversed(self.held)))
+            eng._evict_for(need)
+
+    def abort(self, s: int) -> None:
+        """Cancel the swap-in of ``s`` before it ran (its pages are needed by the decode batch):
+        free its GPU pages, drop its run, requeue it (an ``"abort"`` event). If its host copy is
+        still whole (an asynchronous copy still reading it) it will swap in again; else it
+        recomputes."""
+        eng = self.eng
+        r = eng.reqs[s]
+        del self.held[s]
+        if s in self.ready:
+            self.ready.remove(s)
+        order = self.in_order.pop(s, None)
+        if order is not None:
+            self.aborted.add(order)
+        eng.runs_of[s].pop()  # type: ignore[union-attr]
+        kv = eng.kv_len[s]
+        eng._release(s, kv, insert=False)
+        eng.kv_len[s] = 0
+        eng._client_stopped(eng.ci_of[r.client])
+        eng.n_running -= 1
+        self.pool.unlock(s)  # type: ignore[union-attr]
+        self.n_swap_in -= 1
+        self.n_abort += 1
+        t = eng.now
+        self.events.append(SwitchEvent(eng.step, r.id, "abort", kv, 0, 0, 0, t, t))
+        self._requeue(s)
 
     def join_ready(self) -> None:
         """Decode pass, after ``check_decode_mem``/retraction: swapped-in requests whose copy is
@@ -789,6 +847,7 @@ class Preemptor:
             "swap_outs": self.n_swap_out,
             "swap_ins": self.n_swap_in,
             "recomputes_after_host_eviction": self.n_recompute,
+            "aborted_swap_ins": self.n_abort,
             "host_evicted_tokens": 0 if pool is None else self.evicted_seen,
             "sync_stall_s": self.stall_s,
         }

@@ -669,6 +669,8 @@ class SGLangWorker(EngineBase):
         if rec is not None:
             rec.batch_is_full = self.batch_is_full
         if self.running or (pre is not None and pre.ready):
+            if pre is not None:
+                pre.ensure_decode_room()  # wait for swap-outs rather than retract
             retracted = self._schedule_decode()
             if pre is not None:
                 pre.join_ready()  # swapped-in requests join the decode batch

@@ -14,14 +14,19 @@ admissions*; the engine preempts them and asks again in the same step, and the w
 on the state after the preemption. Counters are charged only for the admissions of the decision
 that admits, so discarded walks leave no trace.
 
-Victim sizing (ours, shared by the three): preempting request ``v`` frees about
-``v.kv_tokens + v.reserved_tokens`` of the admission budget (its KV and its reserved output);
+Victim sizing (ours, for preemptive VTC and the FastSwitch-style policy; SGLang's rule has its
+own): preempting request ``v`` frees up to ``v.kv_tokens`` (page-rounded) ``+ v.reserved_tokens``
+of the admission budget (its KV and its reserved output);
 the blocked request ``e`` needs ``e.extend_tokens + min(e.out_left, clip) + page`` tokens
-(SGLang's ``add_one_req`` check); room in flight (asynchronous swap-outs that have not freed
+(SGLang's ``add_one_req`` check) plus up to ``e.cached_tokens`` (pinning its cached prefix takes
+it out of the evictable tokens the budget counts); room in flight (asynchronous swap-outs that have not freed
 their pages yet, ``pending_free_tokens``) counts as room, so a policy does not preempt again
-for a request whose room is on its way. Victims are taken until the estimate covers the
-shortfall (and a running slot, when slots were the limit); if the candidates cannot cover it,
-nothing is preempted (as SGLang's ``preempt_to_schedule``).
+for a request whose room is on its way. If all the candidates together could cover the
+shortfall (or a slot is what is missing), the first candidate alone is preempted and the engine's
+next ``decide`` call re-walks on the exact budget left, preempting the next one only if the
+request still does not fit: victims are taken one at a time, so none is preempted for nothing
+but the last; if the candidates cannot cover it, nothing is preempted (as SGLang's
+``preempt_to_schedule``).
 
 Sources: VTC (Sheng et al., OSDI'24; spec ``vtc_fastswitch_preble.md`` §A; its Appendix C.3
 reportedly sketches a preemptive variant, §B.6, [2nd]); FastSwitch (Shen, Li, Gao, arXiv
@@ -133,30 +138,32 @@ class PrioritySource:
 
 
 def _need(e: Any, snap: Any) -> float:
-    """Tokens SGLang's ``add_one_req`` wants for ``e``: extend + clipped output + a page."""
+    """Tokens SGLang's ``add_one_req`` wants for ``e`` beyond the builder's ``remaining_total``:
+    extend + clipped output + a page, plus its cached prefix (locking it takes up to that much out
+    of the evictable tokens the budget counts)."""
     clip = getattr(snap, "clip_max_new_tokens", 4096)
     left = e.out_left if hasattr(e, "out_left") else e.request.output_len
-    return e.extend_tokens + min(left, clip) + getattr(snap, "page_size", snap.limits.page_size)
+    return e.extend_tokens + e.cached_tokens + min(left, clip) + getattr(snap, "page_size", snap.limits.page_size)
 
 
 def _victims(snap: Any, b: Any, e: Any, candidates: Sequence[Any]) -> list[Any]:
-    """Victims, in the given order, whose freed budget covers ``e``'s shortfall (module
-    docstring); ``[]`` if the candidates cannot cover it or preemption would not help."""
+    """The next victim for ``e`` (module docstring): ``[first candidate]`` if all the candidates
+    together could cover ``e``'s shortfall (or free a slot, when slots were the limit), else
+    ``[]`` (preemption would not help, or the room is on its way)."""
     stop = getattr(b, "stop", None)
-    if stop not in ("NO_TOKEN", "SLOTS"):
+    if stop not in ("NO_TOKEN", "SLOTS") or not candidates:
         return []
     room = float(getattr(b, "remaining_total", 0.0)) + snap.pending_free_tokens
     short = _need(e, snap) - room + 1.0  # admission needs need < remaining (strict)
-    slot = stop == "SLOTS"
-    if short <= 0 and not slot:
+    if stop == "SLOTS":
+        return [candidates[0]]
+    if short <= 0:
         return []  # its room is on its way (asynchronous swap-outs)
-    out: list[Any] = []
+    ps = getattr(snap, "page_size", 1)
     for v in candidates:
-        out.append(v)
-        short -= v.kv_tokens + v.reserved_tokens
-        slot = False
+        short -= -(-v.kv_tokens // ps) * ps + v.reserved_tokens
         if short <= 0:
-            return out
+            return [candidates[0]]
     return []
 
 
@@ -288,6 +295,12 @@ class PreemptiveVTC(Policy):
         ``K``, steps between re-ranks (integer >= 1).
     margin:
         Counter gap, cost units (>= 0), a victim's client must exceed the waiting client's by.
+        ``None`` (default): ``w_e`` times the largest prompt seen so far (``w_e * L_input`` once
+        every request has arrived). *Decision:* one admission charges up to ``w_e * L_input``, so a
+        smaller margin lets the client just admitted be preempted at once by the next one, and the
+        policy thrashes (measured on the Mooncake trace: margin 2048 gave five preemptions per
+        request); the service-gap bound of :func:`prefixsched.theory.bounds.vtc_preemptive_bound`
+        has ``max(margin, w_e * L_input)`` in it, so this choice costs the bound nothing.
     charge, weights:
         As :class:`~prefixsched.reference.policies.vtc.VTC`.
 
@@ -301,10 +314,11 @@ class PreemptiveVTC(Policy):
     description: ClassVar[str] = "preemptive VTC: re-rank running and waiting every K steps, preempt past a counter margin"
     primary_param: ClassVar[str | None] = "interval"
 
-    def __init__(self, interval: int = 16, margin: float = 2048.0, charge: str = "prompt",
+    def __init__(self, interval: int = 16, margin: float | None = None, charge: str = "prompt",
                  weights: Mapping[str, float] | None = None) -> None:
         self.interval = int(_num("interval", interval, 1, integer=True))
-        self.margin = float(_num("margin", margin, 0.0))
+        self.margin = None if margin is None else float(_num("margin", margin, 0.0))
+        self.longest = 0
         self.cnt = _Counters(charge, weights)
         self.last_rerank = -(1 << 60)
         self.rerank_step = -1
@@ -313,6 +327,12 @@ class PreemptiveVTC(Policy):
 
     def on_arrival(self, request: Request, now: float, snap: Snapshot) -> None:
         self.cnt.arrive(request, snap)
+        if request.prompt_len > self.longest:
+            self.longest = request.prompt_len
+
+    def current_margin(self, snap: Snapshot) -> float:
+        """The margin in force (the adaptive default: ``w_e`` times the longest prompt so far)."""
+        return self.margin if self.margin is not None else snap.weights.w_e * self.longest
 
     def decide(self, snap: Snapshot) -> Decision:
         b, taken, blocked = _vtc_walk(snap, self.cnt)
@@ -324,7 +344,7 @@ class PreemptiveVTC(Policy):
                 self.reranks += 1
             if step == self.rerank_step:
                 c = self.cnt.c
-                floor = c[blocked.request.client] + self.margin
+                floor = c[blocked.request.client] + self.current_margin(snap)
                 cand = [v for v in snap.running() if c.get(v.request.client, 0.0) > floor]  # type: ignore[attr-defined]
                 cand.sort(key=lambda v: (-c[v.request.client], -v.joined_step, -v.seq))
                 vic = _victims(snap, b, blocked, cand)
