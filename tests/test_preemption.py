@@ -475,3 +475,21 @@ def test_a_swap_in_that_the_decode_batch_needs_the_pages_of_is_aborted():
     assert any(e.kind == "abort" for e in tr.switches)
     assert check_trace(i, tr).ok
     _final_state_is_clean(w)
+
+
+def test_preemption_config_is_validated_and_round_trips():
+    from prefixsched.errors import InputError
+
+    for bad, field in (({"mode": "evict"}, "preemption.mode"), ({"host_capacity_tokens": -1}, "host_capacity_tokens"),
+                       ({"sync": 1}, "preemption.sync"), ({"reuse": "yes"}, "preemption.reuse")):
+        with pytest.raises(InputError, match=field):
+            PreemptionConfig(**bad).validate()
+    with pytest.raises(InputError, match=r"preemption\.nope: unknown field"):
+        PreemptionConfig.from_dict({"nope": 1})
+    with pytest.raises(InputError, match=r"switch\.granularity"):
+        PreemptionConfig.from_dict({"switch": {"granularity": "page"}})
+    cfg = PreemptionConfig.fastswitch(host_capacity_tokens=123)
+    assert PreemptionConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert (cfg.mode, cfg.sync, cfg.reuse, cfg.switch.granularity) == ("swap", False, True, "group")
+    with pytest.raises(InputError, match="preemption"):
+        simulate(two(), create("fcfs"), engine="sglang", preemption={"mode": "drop"})

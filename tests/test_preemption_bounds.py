@@ -39,9 +39,12 @@ def test_formula_by_hand():
 
 @st.composite
 def uniform(draw):
-    """Clients with identical requests and a pool of k requests (+1 token): preempting one running
-    request frees room for exactly one waiting one, so premise A3 holds by construction."""
-    n_cl = draw(st.integers(2, 4))
+    """Two clients with identical requests and a pool of k requests (+1 token): the blocked client
+    is the one with the smaller counter, every other running request is the other client's, and
+    preempting one of them frees room for exactly one request, so premise A3 holds by construction.
+    (With three clients it does not: a third client within the margin can take the freed room first;
+    hypothesis finds such instances, see papers/fastswitch/claims.md.)"""
+    n_cl = 2
     p, o, k = draw(st.integers(1, 8)), draw(st.integers(2, 40)), draw(st.integers(1, 3))
     raw = []
     for c in range(n_cl):
@@ -55,7 +58,7 @@ def uniform(draw):
     return Instance(reqs, CostModel(), lim)
 
 
-@settings(deadline=None, max_examples=60)
+@settings(deadline=None, max_examples=80)
 @given(inst=uniform(), K=st.sampled_from([1, 2, 4, 16]), margin=st.sampled_from([0.0, 10.0, None]),
        mode=st.sampled_from(sorted(MODES)))
 def test_bound_holds_when_its_premises_hold(inst, K, margin, mode):
@@ -80,8 +83,10 @@ def test_switch_delay_is_zero_when_synchronous_and_counts_overlapped_steps_when_
         link=dataclasses.replace(SwitchCostModel().link, peak_bytes_per_s=2e8)))
     tr = simulate(i, create("vtc-preempt", interval=1, margin=0.0), engine="sglang", preemption=slow)
     assert check_trace(i, tr).ok
-    outs = [e for e in tr.switches if e.kind == "out"]
-    n = max(sum(1 for s in tr.step_start if e.t_start <= s < e.t_end) for e in outs)
+    n = 0
+    for kind in ("out", "in"):
+        ev = [e for e in tr.switches if e.kind == kind]
+        n += max((sum(1 for s in tr.step_start if e.t_start <= s < e.t_end) for e in ev), default=0)
     assert switch_delay_steps(tr) == n >= 1
 
 

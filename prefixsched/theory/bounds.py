@@ -916,7 +916,7 @@ def vtc_preemptive_bound(
     per step), ``M`` the tokens of decode a batch can hold, and ``sigma`` the switch delay in
     steps: how many steps may start between a preemption and the moment the room it frees can be
     used (0 for drop mode and synchronous swapping, whose copies finish before the next step; for
-    asynchronous swapping the steps a swap-out overlaps, :func:`switch_delay_steps`).
+    asynchronous swapping the steps a swap-out and then a swap-in overlap, :func:`switch_delay_steps`).
 
     Derivation. (A1) Counters equal client-view service: ``w_e * prompt`` at a request's first
     admission, ``w_q`` per output token (``charge="prompt"``, weight 1); a client backlogged over
@@ -939,7 +939,8 @@ def vtc_preemptive_bound(
     a low-counter request).
 
     Where it breaks (each checked or exhibited in ``papers/fastswitch/claims.md``): (A3) fails when
-    the blocked head's room is held by clients within the margin (the policy preempts nothing and
+    the blocked head's room is held by clients within the margin, or is taken in the same pass by
+    another client within the margin admitted first (the policy preempts nothing, or not enough, and
     the high-counter client keeps decoding: the plain VTC term ``w_q * M`` comes back); the actual
     view counts drop-mode recomputation as service (a client's victims are re-prefilled, so the
     gap grows with the number of preemptions); SGLang's decode retraction requeues requests
@@ -957,16 +958,20 @@ def vtc_preemptive_bound(
 
 def switch_delay_steps(trace: Trace) -> int:
     """``sigma`` of :func:`vtc_preemptive_bound` measured on ``trace``: the most steps that start
-    while one swap-out is on the link (0 without swap-outs; 0 for synchronous copies, which lie
-    between steps)."""
-    outs = [e for e in (trace.switches or []) if e.kind == "out"]
-    if not outs:
-        return 0
+    while one swap-out is on the link plus the most that start while one swap-in is (the room a
+    victim frees is usable once its swap-out ends, and a request resuming in it runs once its own
+    swap-in ends). 0 without copies, and for synchronous copies, which lie between steps."""
     st = np.asarray(trace.step_start, dtype=np.float64)
-    a = np.array([e.t_start for e in outs])
-    b = np.array([e.t_end for e in outs])
-    n = np.searchsorted(st, b, side="left") - np.searchsorted(st, a, side="left")
-    return int(max(0, n.max()))
+    total = 0
+    for kind in ("out", "in"):
+        ev = [e for e in (trace.switches or []) if e.kind == kind]
+        if not ev:
+            continue
+        a = np.array([e.t_start for e in ev])
+        b = np.array([e.t_end for e in ev])
+        n = np.searchsorted(st, b, side="left") - np.searchsorted(st, a, side="left")
+        total += int(max(0, n.max()))
+    return total
 
 
 def check_vtc_preemptive_gap(

@@ -64,7 +64,7 @@ records each copy's tokens, bytes, copies and link interval in the trace, and th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from prefixsched.errors import InputError
@@ -312,26 +312,12 @@ class SwitchCostModel:
     @staticmethod
     def from_dict(d: Any, where: str = "switch") -> "SwitchCostModel":
         """Parse :meth:`to_dict`'s output (unknown fields raise :class:`InputError`)."""
-        if not isinstance(d, dict):
-            raise InputError(where, f"must be a JSON object, got {type(d).__name__}")
-        top = {f.name for f in fields(SwitchCostModel)}
-        for k in d:
-            if k not in top:
-                raise InputError(f"{where}.{k}", f"unknown field (known: {', '.join(sorted(top))})")
-        kw = dict(d)
-        for key, cls in (("model", ModelShape), ("link", LinkProfile)):
-            if key in kw:
-                sub = kw[key]
-                if not isinstance(sub, dict):
-                    raise InputError(f"{where}.{key}", f"must be a JSON object, got {type(sub).__name__}")
-                names = {f.name for f in fields(cls)}
-                for k in sub:
-                    if k not in names:
-                        raise InputError(f"{where}.{key}.{k}", f"unknown field (known: {', '.join(sorted(names))})")
-                kw[key] = cls(**sub)
-        try:
-            m = SwitchCostModel(**kw)
-        except TypeError as e:  # pragma: no cover - guarded by the field checks above
-            raise InputError(where, str(e)) from None
-        m.validate()
-        return m
+        from prefixsched.theory.model import _dataclass_from_dict
+
+        def reader(v: Any, name: str) -> Any:
+            for key, cls in (("model", ModelShape), ("link", LinkProfile)):
+                if name == f"{where}.{key}":
+                    return _dataclass_from_dict(cls, v, name, lambda x, _n: x)
+            return v
+
+        return _dataclass_from_dict(SwitchCostModel, d, where, reader)

@@ -80,7 +80,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefixsched.errors import InputError, PrefixschedError
@@ -170,18 +170,13 @@ class PreemptionConfig:
 
     @staticmethod
     def from_dict(d: Any, where: str = "preemption") -> "PreemptionConfig":
-        if not isinstance(d, dict):
-            raise InputError(where, f"must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in fields(PreemptionConfig)}
-        for k in d:
-            if k not in names:
-                raise InputError(f"{where}.{k}", f"unknown field (known: {', '.join(sorted(names))})")
-        kw = dict(d)
-        if "switch" in kw:
-            kw["switch"] = SwitchCostModel.from_dict(kw["switch"], f"{where}.switch")
-        cfg = PreemptionConfig(**kw)
-        cfg.validate()
-        return cfg
+        """Parse :meth:`to_dict`'s output (unknown fields raise :class:`InputError`)."""
+        from prefixsched.theory.model import _dataclass_from_dict
+
+        def reader(v: Any, name: str) -> Any:
+            return SwitchCostModel.from_dict(v, name) if name == f"{where}.switch" else v
+
+        return _dataclass_from_dict(PreemptionConfig, d, where, reader)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,14 @@ engine follows ``Scheduler.event_loop_normal``; each iteration is one of SGLang'
    later re-prefills ``prompt + outputs`` reusing what the cache still holds) and re-estimates
    ``new_token_ratio``; else the ratio decays. Every decode step produces one token per request.
 
+Preemption (``preemption=PreemptionConfig(...)``, :mod:`.preemption`). In phase 2 a decision may
+preempt decode-batch requests (SGLang's priority preemption, drop mode, or vLLM/FastSwitch swap
+mode); the engine applies them, rebuilds the adder and asks the policy again while it preempts
+without admitting (:meth:`SGLangWorker._preempt_rounds`). Small hooks elsewhere: asynchronous copies
+complete at the start of a pass, swap-ins leave the prefill batch after admission and join the
+decode batch at a decode pass once their copy is done, and a synchronous pass stalls for its
+copies before its step. Without it none of this runs and the traces are those of SGLang as above.
+
 KV pool. One pool of ``kv_capacity_tokens`` holds the tree's pages and every request's private
 pages (allocated page by page, as SGLang's paged allocator: an extend of ``x`` tokens from an
 aligned prefix takes ``ceil(x / page)`` pages, a decode step a new page when the request's KV

@@ -44,7 +44,8 @@ from typing import Any, ClassVar
 
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import register
-from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot, client_weights
+from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot
+from prefixsched.reference.policies.vtc import VTC
 from prefixsched.theory.model import Request
 
 __all__ = ["PreemptiveVTC", "FastSwitchPriority", "SGLangPriority", "PrioritySource", "SOURCES"]
@@ -168,41 +169,37 @@ def _victims(snap: Any, b: Any, e: Any, candidates: Sequence[Any]) -> list[Any]:
 
 
 class _Counters:
-    """VTC's per-client counters with its counter lift (:mod:`.vtc`), charged the preemption-aware
-    way: ``charge="prompt"`` charges ``w_e * prompt_len`` at a request's *first* admission only
-    (the client view counts the prompt once; a re-prefill after a preemption or a swap-in is not
+    """VTC's per-client counters, counter lift and decode charge (a wrapped
+    :class:`~prefixsched.reference.policies.vtc.VTC`), with a preemption-aware admission charge:
+    ``charge="prompt"`` charges ``w_e * prompt_len`` at a request's *first* admission only (the
+    client view counts the prompt once; a re-prefill after a preemption or a swap-in is not
     charged again), ``charge="extend"`` charges ``w_e * extend_tokens`` at every prefill (the
     actual view: recomputation is real work) and nothing for a swap-in. Decode tokens are charged
     ``w_q`` each as they are produced."""
 
     def __init__(self, charge: str, weights: Mapping[str, float] | None) -> None:
-        if charge not in ("prompt", "extend"):
-            raise InputError("charge", f"must be 'prompt' or 'extend', got {charge!r}")
+        self.vtc = VTC(charge=charge, weights=weights)
         self.charge = charge
-        self.weights = client_weights(weights)
-        self.c: dict[str, float] = {}
-        self.last_left: str | None = None
-        self.lifts = 0
+        self.weights = self.vtc.weights
+        self.c = self.vtc.counters
+
+    @property
+    def last_left(self) -> str | None:
+        return self.vtc.last_left
+
+    @last_left.setter
+    def last_left(self, u: str) -> None:
+        self.vtc.last_left = u
+
+    @property
+    def lifts(self) -> int:
+        return self.vtc.lifts
 
     def w(self, client: str) -> float:
         return self.weights.get(client, 1.0)
 
     def arrive(self, request: Request, snap: Snapshot) -> None:
-        u = request.client
-        c = self.c
-        if u not in c:
-            c[u] = 0.0
-        if snap.waiting_count(u) > 0:
-            return
-        if snap.waiting_count() > 0:
-            floor = min(c[i] for i in snap.waiting_clients())
-        elif self.last_left is not None:
-            floor = c[self.last_left]
-        else:
-            return
-        if floor > c[u]:
-            c[u] = floor
-            self.lifts += 1
+        self.vtc.on_arrival(request, snap.now, snap)
 
     def cost(self, e: Any, snap: Any) -> float:
         """Admission charge of ``e`` (class docstring), cost units / weight."""
@@ -215,10 +212,8 @@ class _Counters:
             tokens = 0 if is_swap else e.extend_tokens
         return snap.weights.w_e * tokens / self.w(r.client)
 
-    def decoded(self, decoded: Mapping[str, int], w_q: float) -> None:
-        c = self.c
-        for u, k in decoded.items():
-            c[u] += w_q * k / self.w(u)
+    def decoded(self, decoded: Mapping[str, int], snap: Snapshot) -> None:
+        self.vtc.on_step_end(decoded, (), snap)
 
 
 def _vtc_walk(snap: Any, cnt: _Counters) -> tuple[Any, list[tuple[Any, float]], Any]:
@@ -354,7 +349,7 @@ class PreemptiveVTC(Policy):
         return _commit(self.cnt, taken, snap)
 
     def on_step_end(self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot) -> None:
-        self.cnt.decoded(decoded, snap.weights.w_q)
+        self.cnt.decoded(decoded, snap)
 
     def params(self) -> dict[str, Any]:
         return {"interval": self.interval, "margin": self.margin, "charge": self.cnt.charge,
@@ -394,7 +389,7 @@ class _PriorityBase(Policy):
         self.cnt.arrive(request, snap)
 
     def on_step_end(self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot) -> None:
-        self.cnt.decoded(decoded, snap.weights.w_q)
+        self.cnt.decoded(decoded, snap)
         if self.src is not None:
             self.src.on_step(snap.step)
 
