@@ -493,3 +493,26 @@ def test_preemption_config_is_validated_and_round_trips():
     assert (cfg.mode, cfg.sync, cfg.reuse, cfg.switch.granularity) == ("swap", False, True, "group")
     with pytest.raises(InputError, match="preemption"):
         simulate(two(), create("fcfs"), engine="sglang", preemption={"mode": "drop"})
+
+
+@settings(deadline=None, max_examples=15)
+@given(inst=instances(max_clients=3, max_requests_per_client=5, engine="sglang", max_output=20, cost=("default",)),
+       mode=st.sampled_from(sorted(MODES)))
+def test_property_radix_and_host_trees_stay_consistent_after_every_step(inst, mode):
+    # lock_ref path-monotone, evictable/locked sums, waiters exact: after every engine step
+    tight = dataclasses.replace(inst, limits=dataclasses.replace(inst.limits, max_running_requests=2))
+    w = Worker(tight, create("vtc-preempt:1", margin=0.0), engine="sglang", preemption=MODES[mode])
+    guard = 0
+    while w.done < len(tight.requests):
+        w.run(w.now + 1e-9, final=True)
+        w.cache.check_invariants()
+        pool = w.pre.pool
+        if isinstance(pool, TreeHostPool):
+            pool.tree.check_invariants()
+            assert pool.used_tokens <= pool.capacity_tokens
+        elif isinstance(pool, PlainHostPool):
+            assert 0 <= pool.used_tokens <= pool.capacity_tokens
+        guard += 1
+        assert guard < 100_000
+    _final_state_is_clean(w)
+    assert check_trace(tight, w.trace()).ok
