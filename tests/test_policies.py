@@ -86,7 +86,8 @@ def rid(tr, x):
 
 
 def test_registry_names_and_primary_params():
-    assert set(available()) == {"fcfs", "lpm", "dfs-weight", "k-lpm", "vtc", "dlpm", "random"}
+    assert set(available()) == {"fcfs", "lpm", "dfs-weight", "k-lpm", "vtc", "dlpm", "random",
+                                "vtc-preempt", "fastswitch", "sglang-priority"}
     assert create("k-lpm:inf").k == math.inf
     assert create("k-lpm:4").k == 4
     assert create("k-lpm").k == 2

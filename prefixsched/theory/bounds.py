@@ -105,6 +105,7 @@ from prefixsched.theory.metrics import (
     service_timeline,
 )
 from prefixsched.theory.formulas import (
+    _positive,
     batch_output_capacity,
     d2lpm_thm_5_1,
     d2lpm_thm_5_2,
@@ -157,6 +158,9 @@ __all__ = [
     "check_d2lpm_thm_a3",
     "check_d2lpm_thm_a4_latency",
     "check_d2lpm_all",
+    "vtc_preemptive_bound",
+    "switch_delay_steps",
+    "check_vtc_preemptive_gap",
 ]
 
 
@@ -857,3 +861,116 @@ def check_d2lpm_all(
             check_d2lpm_thm_a3(instance, cluster_trace, Q_u, M=M, printed=False),
         ]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# VTC with preemption (ours; FastSwitch / vtc_fastswitch_preble.md §B.6 "a preemptive variant")
+
+
+def vtc_preemptive_bound(
+    L_input: float, M: float, K: int, B: int, margin: float, sigma: int = 0, w_e: float = 1.0, w_q: float = 2.0
+) -> float:
+    """Service gap of preemptive VTC (:class:`~prefixsched.reference.policies.preemptive.PreemptiveVTC`)
+    as a function of the re-ranking interval ``K`` and the switch cost (derived here; not a
+    published theorem).
+
+    For clients f, g both backlogged on ``[t1, t2)``, client view::
+
+        |W_f(t1,t2) - W_g(t1,t2)| <= 2 * ( max(margin, w_e * L_input) + w_q * min(M, B * (K + sigma)) )
+
+    with ``B`` = ``max_running_requests`` (the most tokens one client's running requests decode
+    per step), ``M`` the tokens of decode a batch can hold, and ``sigma`` the switch delay in
+    steps: how many steps may start between a preemption and the moment the room it frees can be
+    used (0 for drop mode and synchronous swapping, whose copies finish before the next step; for
+    asynchronous swapping the steps a swap-out and then a swap-in overlap, :func:`switch_delay_steps`).
+
+    Derivation. (A1) Counters equal client-view service: ``w_e * prompt`` at a request's first
+    admission, ``w_q`` per output token (``charge="prompt"``, weight 1); a client backlogged over
+    the interval is never lifted in it. So ``W_f - W_g`` over ``[t1, t2)`` is the change of
+    ``c_f - c_g``, at most twice the largest ``|c_f - c_g|`` with both backlogged. Let ``X`` be the
+    largest counter of a client with a running request minus the smallest counter of a backlogged
+    one; a backlogged client that is not running has counter at most the smallest backlogged
+    counter plus ``w_e * L_input`` (it was admitted last when it was smallest), so
+    ``|c_f - c_g| <= max(X, w_e * L_input)``. (A2) A backlogged client's head that is not admitted
+    is blocked by KV memory or running slots (not the pass budget), and (A3) preempting the running
+    requests of the clients above the margin frees enough for it. Then at each re-rank step the
+    policy either admits every head or preempts until no running client exceeds the blocked head's
+    counter plus ``margin``: afterwards ``X <= max(margin, w_e * L_input)`` (admissions made in the
+    pass add at most ``w_e * L_input`` above the smallest counter). Between two re-ranks (``K``
+    steps, plus ``sigma`` steps while freed room is still being copied out) the largest running
+    counter grows by decode only, at most ``w_q`` per running request and step and at most ``w_q
+    * M`` in all; (A4) the smallest backlogged counter never decreases (the counter lift; victims
+    rejoin above it: true for drop and synchronous swap, and for asynchronous swap while the
+    minimum grows by less than ``margin`` during a copy; no engine retraction, which could requeue
+    a low-counter request).
+
+    Where it breaks (each checked or exhibited in ``papers/fastswitch/claims.md``): (A3) fails when
+    the blocked head's room is held by clients within the margin, or is taken in the same pass by
+    another client within the margin admitted first (the policy preempts nothing, or not enough, and
+    the high-counter client keeps decoding: the plain VTC term ``w_q * M`` comes back); the actual
+    view counts drop-mode recomputation as service (a client's victims are re-prefilled, so the
+    gap grows with the number of preemptions); SGLang's decode retraction requeues requests
+    outside the policy (A4); a pass budget below the head's prompt, with chunking, blocks it
+    without memory pressure (A2).
+
+    Returns cost units; raises :class:`InputError` for a negative or non-finite argument.
+    """
+    for name, v in (("K", K), ("B", B), ("sigma", sigma)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InputError(name, f"must be an integer >= 0, got {v!r}")
+    lead = max(_positive("margin", margin), _positive("w_e", w_e) * _positive("L_input", L_input))
+    return 2.0 * (lead + _positive("w_q", w_q) * min(_positive("M", M), float(B) * (K + sigma)))
+
+
+def switch_delay_steps(trace: Trace) -> int:
+    """``sigma`` of :func:`vtc_preemptive_bound` measured on ``trace``: the most steps that start
+    while one swap-out is on the link plus the most that start while one swap-in is (the room a
+    victim frees is usable once its swap-out ends, and a request resuming in it runs once its own
+    swap-in ends). 0 without copies, and for synchronous copies, which lie between steps."""
+    st = np.asarray(trace.step_start, dtype=np.float64)
+    total = 0
+    for kind in ("out", "in"):
+        ev = [e for e in (trace.switches or []) if e.kind == kind]
+        if not ev:
+            continue
+        a = np.array([e.t_start for e in ev])
+        b = np.array([e.t_end for e in ev])
+        n = np.searchsorted(st, b, side="left") - np.searchsorted(st, a, side="left")
+        total += int(max(0, n.max()))
+    return total
+
+
+def check_vtc_preemptive_gap(
+    instance: Instance, trace: Trace, *, K: int | None = None, margin: float | None = None, sigma: int | None = None,
+    M: int | None = None, view: str = "client",
+) -> BoundReport:
+    """Scan ``trace`` for :func:`vtc_preemptive_bound`: the largest ``|W_f - W_g|`` over pairs both
+    backlogged (:func:`~prefixsched.theory.metrics.max_service_gap`, client view by default).
+
+    ``K`` and ``margin`` default to the trace's policy parameters (``interval``, ``margin``; an
+    adaptive margin, ``None``, never exceeds ``w_e * L_input``, so ``w_e * L_input`` is used);
+    ``sigma`` to :func:`switch_delay_steps`; ``M`` to ``kv_capacity_tokens``; ``B`` is
+    ``max_running_requests``. ``params["premises"]`` lists premises the trace visibly breaks
+    (engine retractions; drop-mode recomputation in the actual view).
+    """
+    pol = trace.policy
+    L, m_tok = _params(instance, M, literal=True)
+    w = instance.weights
+    k = int(pol.get("interval", 1)) if K is None else int(K)
+    mg = pol.get("margin") if margin is None else margin
+    mg = w.w_e * L if mg is None else float(mg)
+    sg = switch_delay_steps(trace) if sigma is None else int(sigma)
+    B = instance.limits.max_running_requests
+    bound = vtc_preemptive_bound(L, m_tok, k, B, mg, sg, w.w_e, w.w_q)
+    gap = max_service_gap(trace, instance, view, per_pair=True)
+    witness = {"pair": gap["pair"], "interval": gap["interval"]} if gap["pair"] else {}
+    premises = []
+    if any(x.end == "retract" for r in trace.requests if r.runs for x in r.runs):
+        premises.append("engine retractions (A4)")
+    if view == "actual" and any(x.end == "preempt" for r in trace.requests if r.runs for x in r.runs):
+        premises.append("recomputation counted as service (actual view)")
+    return BoundReport(
+        "VTC with preemption (ours)", bound, float(gap["value"]), _holds(float(gap["value"]), bound), witness,
+        len(gap["per_pair"]),
+        {"L_input": L, "M": m_tok, "K": k, "B": B, "margin": mg, "sigma": sg, "view": view, "premises": premises},
+    )

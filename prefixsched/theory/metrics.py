@@ -60,6 +60,9 @@ __all__ = [
     "per_client_table",
     "demand_per_client",
     "program_latencies",
+    "token_gaps",
+    "latency_tails",
+    "switch_metrics",
 ]
 
 _VIEWS = ("actual", "client")
@@ -1375,3 +1378,165 @@ def _fairness_extras(arr: TraceArrays, w: ServiceWeights, window_s: float) -> di
         "jain_backlogged": _windowed(arr, times, ext, window_s, None, "client", backlogged=True),
         "per_client_table": per_client_table(arr, w),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# preemption: time between tokens and the cost of context switches (FastSwitch)
+
+
+def token_gaps(trace: Trace | TraceArrays) -> np.ndarray:
+    """Time between tokens (TBT), seconds: every gap between two consecutive output tokens of a
+    request, over all its runs (so the time a preempted request spends swapped out or waiting for
+    its recomputation is one gap), shape ``(sum_r (output_len_r - 1),)``.
+
+    A token's time is the end of the step that produced it (:mod:`prefixsched.theory.trace`): a
+    run produces one token in the step of its last chunk (or, resuming by swap-in, its first
+    step) and one in every decode-capable step after it up to its ``end_step``. Order: within
+    each run, then between consecutive runs of a request (records in trace order).
+    """
+    arr = _as_arrays(trace)
+    _require_steps(arr)
+    if len(arr.span_rec) == 0:
+        return np.empty(0)
+    end = arr.step_end
+    D = np.flatnonzero(arr.decode_cap)
+    de = end[D]
+    lo = np.searchsorted(D, arr.span_first, side="right")
+    hi = np.searchsorted(D, arr.span_end, side="right")
+    n = hi - lo  # decode tokens after each run's first token
+    t0 = end[arr.span_first]
+    # the first gap of each run with decode tokens, then the gaps between its decode steps
+    has = n > 0
+    first_gap = de[lo[has]] - t0[has]
+    dd = np.diff(de)
+    cnt = np.zeros(len(de) + 1, dtype=np.int64)
+    m = n > 1
+    np.add.at(cnt, lo[m], 1)
+    np.add.at(cnt, hi[m] - 1, -1)
+    mult = np.cumsum(cnt)[: len(dd)] if len(dd) else np.zeros(0, dtype=np.int64)
+    inner = np.repeat(dd, mult)
+    # between runs of one request: first token of run k+1 - last token of run k
+    last = np.where(has, de[np.maximum(hi - 1, 0)] if len(de) else t0, t0)
+    same = arr.span_rec[1:] == arr.span_rec[:-1]
+    cross = t0[1:][same] - last[:-1][same]
+    return np.concatenate([first_gap, inner, cross])
+
+
+def latency_tails(trace: Trace | TraceArrays, ps: Sequence[float] = (50, 95, 99, 99.9)) -> dict[str, Any]:
+    """TTFT and TBT percentiles, seconds (:func:`percentiles`, type 7): ``ttft_p50`` ..., ``tbt_p50``
+    ..., keys named ``p<p>`` with ``99.9`` written ``p99_9``; plus ``tbt_max``, ``tbt_mean`` and
+    ``n_gaps``. FastSwitch reports P95/P99/P99.9 TTFT and P99.9 TBT (spec §B.4, §B.6)."""
+    arr = _as_arrays(trace)
+    lat = request_latencies(arr)
+    gaps = token_gaps(arr)
+    out: dict[str, Any] = {}
+    for name, x in (("ttft", lat["ttft"]), ("tbt", gaps)):
+        for p, v in percentiles(x, ps).items():
+            out[f"{name}_p{str(p).replace('.', '_')}"] = v
+    out["tbt_max"] = float(gaps.max()) if gaps.size else None
+    out["tbt_mean"] = float(gaps.mean()) if gaps.size else None
+    out["n_gaps"] = int(gaps.size)
+    return out
+
+
+def _union_length(start: np.ndarray, end: np.ndarray) -> float:
+    s, e = _merge_intervals(start, end)
+    return float((e - s).sum()) if s.size else 0.0
+
+
+def switch_metrics(trace: Trace) -> dict[str, Any]:
+    """What preemption cost, from the trace alone (its runs, :attr:`Trace.switches` and
+    ``meta["preemption"]``; :mod:`prefixsched.reference.engine.preemption`).
+
+    Returns
+    -------
+    dict
+        ``mode`` (``"drop"``/``"swap"``, None without preemption), ``sync``, ``reuse``;
+        ``preemptions`` (runs ended by a policy's preemption), ``retractions`` (by the engine's
+        decode retraction), ``swap_outs``, ``swap_ins``, ``recomputes_after_swap`` (a swapped-out
+        request that re-prefilled because its host copy was evicted), ``recomputed_tokens`` (the
+        prefill of every re-admission after a drop or a lost host copy);
+        ``bytes_out``/``bytes_in`` and ``tokens_out``/``tokens_in`` (moved each way);
+        ``reuse_saved_tokens``/``reuse_saved_bytes`` (KV a swap-out did not send because host
+        memory still held it) and ``swaps_avoided_by_reuse`` (swap-outs that sent nothing);
+        ``host_evicted_tokens``; ``switch_time_s`` (sum of copy durations); ``link_busy_out_s`` /
+        ``link_busy_in_s`` and ``link_util_out``/``link_util_in`` (busy time over the run's span,
+        first step start to last step end), ``achieved_bytes_per_s_out``/``_in`` (bytes over busy
+        time, None when idle) and ``peak_bytes_per_s``; ``gpu_stall_s``: time in which no step
+        ran while a copy was on the link (synchronous copies: all of them; asynchronous: only the
+        waits for a copy nothing else could hide) and ``gpu_stall_frac`` (of the span).
+    """
+    cfg = trace.meta.get("preemption") if isinstance(trace.meta, dict) else None
+    ev = trace.switches or []
+    recs = trace.requests
+    pre = ret = rec_after = swap_in_runs = 0
+    recomputed = 0
+    for r in recs:
+        if r.runs is None:
+            continue
+        prev = None
+        for x in r.runs:
+            if x.swapped_in is not None:
+                swap_in_runs += 1
+            elif prev is not None:
+                if prev in ("preempt", "swap", "retract"):
+                    recomputed += sum(t for _, t in x.chunks)
+                if prev == "swap":
+                    rec_after += 1
+            if x.end in ("preempt", "swap"):
+                pre += 1
+            elif x.end == "retract":
+                ret += 1
+            prev = x.end
+    out: dict[str, Any] = {
+        "mode": cfg.get("mode") if isinstance(cfg, dict) else None,
+        "sync": cfg.get("sync") if isinstance(cfg, dict) else None,
+        "reuse": cfg.get("reuse") if isinstance(cfg, dict) else None,
+        "preemptions": pre, "retractions": ret, "recomputes_after_swap": rec_after, "recomputed_tokens": recomputed,
+    }
+    outs = [e for e in ev if e.kind == "out"]
+    ins = [e for e in ev if e.kind == "in"]
+    bpt = 0
+    peak = None
+    if isinstance(cfg, dict) and isinstance(cfg.get("switch"), dict):
+        m = cfg["switch"].get("model", {})
+        bpt = 2 * m.get("layers", 0) * m.get("kv_heads", 0) * m.get("head_dim", 0) * m.get("dtype_bytes", 0)
+        peak = cfg["switch"].get("link", {}).get("peak_bytes_per_s")
+    saved = sum(e.kv_tokens - e.tokens for e in outs)
+    st = np.asarray(trace.step_start, dtype=np.float64)
+    en = np.asarray(trace.step_end, dtype=np.float64)
+    span = float(en[-1] - st[0]) if st.size else 0.0
+    out.update({
+        "swap_outs": len(outs), "swap_ins": len(ins),
+        "tokens_out": sum(e.tokens for e in outs), "tokens_in": sum(e.tokens for e in ins),
+        "bytes_out": sum(e.bytes for e in outs), "bytes_in": sum(e.bytes for e in ins),
+        "reuse_saved_tokens": saved, "reuse_saved_bytes": saved * bpt,
+        "swaps_avoided_by_reuse": sum(1 for e in outs if e.tokens == 0 and e.kv_tokens > 0),
+        "host_evicted_tokens": sum(e.tokens for e in ev if e.kind == "evict"),
+        "switch_time_s": float(sum(e.t_end - e.t_start for e in outs + ins)),
+        "peak_bytes_per_s": peak,
+    })
+    for name, lane in (("out", outs), ("in", ins)):
+        a = np.array([e.t_start for e in lane], dtype=np.float64)
+        b = np.array([e.t_end for e in lane], dtype=np.float64)
+        busy = _union_length(a, b)
+        nbytes = sum(e.bytes for e in lane)
+        out[f"link_busy_{name}_s"] = busy
+        out[f"link_util_{name}"] = busy / span if span > 0 else None
+        out[f"achieved_bytes_per_s_{name}"] = nbytes / busy if busy > 0 else None
+    # GPU stall: the idle gaps between steps (and before the first) that copies overlap
+    stall = 0.0
+    if ev and st.size:
+        gs = np.concatenate([[-np.inf], en[:-1]])
+        ge = st
+        cs, ce = _merge_intervals(np.array([e.t_start for e in outs + ins]), np.array([e.t_end for e in outs + ins]))
+        for a0, b0 in zip(cs, ce):
+            lo = np.searchsorted(ge, a0, side="right")  # gaps ending after a0
+            hi = np.searchsorted(gs, b0, side="left")  # gaps starting before b0
+            if hi > lo:
+                s0 = np.maximum(gs[lo:hi], a0)
+                e0 = np.minimum(ge[lo:hi], b0)
+                stall += float(np.clip(e0 - s0, 0, None).sum())
+    out["gpu_stall_s"] = stall
+    out["gpu_stall_frac"] = stall / span if span > 0 else None
+    return out

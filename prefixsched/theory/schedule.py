@@ -55,6 +55,22 @@ What :func:`check_trace` checks (each violation is one message naming the reques
     time (arrival, admit, first token, finish) and every step duration the cost model gives. A
     ``nan`` or ``inf`` compares false with everything, so without this check a trace full of
     ``nan`` would pass every other check (:func:`_check_finite`).
+``switch`` (traces with preemption, :mod:`prefixsched.reference.engine.preemption`)
+    Runs may end ``"preempt"`` (drop mode) or ``"swap"`` (swap mode) before their last run; a run
+    that resumes by swap-in follows a ``"swap"`` run (never a dropped one: its KV is gone), has no
+    chunk, starts in a decode-capable step and holds ``cached + swapped_in == fill - 1`` tokens.
+    Every ``"swap"`` run has one swap-out copy, issued after its last token, with the run's KV
+    (``fill + produced - 1`` tokens); every swap-in run has one swap-in copy of its
+    ``swapped_in`` tokens that starts after that swap-out ends and ends before the run's first
+    step starts (a request never runs while swapped out or being swapped in). Each copy's bytes,
+    copies and duration match :class:`~prefixsched.theory.switch_cost.SwitchCostModel` from
+    ``meta["preemption"]``; copies never overlap on the link (one stream when synchronous, one per
+    direction when not); synchronous copies lie in the GPU stall before the step of their pass;
+    without reuse a swap-out sends the whole KV. Host capacity is replayed from the events
+    (sends add at their start, evictions free, a swap-in frees at its end what the pool releases):
+    a lower bound of what the pool holds, so exceeding ``host_capacity_tokens`` proves the engine
+    overfilled it. Tokens are produced exactly once by the ``runs`` check (runs do not overlap
+    and add up to ``output_len``).
 
 Work conservation is *not* checked (a policy may legitimately idle); :func:`idle_with_waiting`
 reports the gaps for the invariant tests that want it.
@@ -422,7 +438,8 @@ def check_trace(
             col.add("steps", f"step {st}: a decode step (kind D) holds {n_adm[st]} prefill chunk(s)")
         # decoding runs: decode-capable steps in (first, end]
         dec = np.zeros(S + 1, dtype=np.int64)
-        np.add.at(dec, R.span_first + 1, 1)
+        d_from = R.span_first + 1 - R.run_swap  # a swap-in run decodes from its first step on
+        np.add.at(dec, d_from, 1)
         np.add.at(dec, R.span_end + 1, -1)
         members = np.cumsum(dec)[:S]
         n_dec = np.where(dcap, members, 0)
@@ -430,7 +447,7 @@ def check_trace(
             # context after step s of a member = fill + (Dc[s] - Dc[first])
             base = np.zeros(S + 1, dtype=np.float64)
             v = R.span_fill.astype(np.float64) - Dc[R.span_first]
-            np.add.at(base, R.span_first + 1, v)
+            np.add.at(base, d_from, v)
             np.add.at(base, R.span_end + 1, -v)
             C = np.where(dcap, np.cumsum(base)[:S] + members * Dc, 0.0)
         else:
@@ -494,6 +511,10 @@ def check_trace(
         if is_p.any() or is_d.any():
             _check_reservations(instance, trace, R, is_p, Dc, col, stats)
 
+    # ---- preemption: swap events, the link, the host pool ---------------------------------
+    if trace.switches is not None or R.run_swap.any() or runs_flat.interrupted:
+        _check_switches(instance, trace, col, stats, S, step_start, step_end, Dc)
+
     # ---- prompt-based checks: cache-hit claims and KV capacity ----------------------------
     if S and len(R.run_rec):
         _check_prompts(instance, R, runs_flat.reqs, col, stats, reserve_output=not (is_p.any() or is_d.any()))
@@ -534,6 +555,8 @@ class _Runs:
     piece_tokens: np.ndarray
     piece_fill: np.ndarray
     piece_index: np.ndarray  # position of the chunk in its run
+    run_swap: np.ndarray  # 1 for a run that resumes by swap-in (decodes from its first step on)
+    interrupted: bool = False  # some run ended by a policy's preemption ("preempt" / "swap")
 
     def select(self, rec_mask: np.ndarray) -> "_Runs":
         keep_run = rec_mask[self.run_rec]
@@ -548,7 +571,8 @@ class _Runs:
             run_produced=self.run_produced[keep_run], run_n_chunks=self.run_n_chunks[keep_run],
             piece_run=new_id[self.piece_run[keep_piece]], piece_step=self.piece_step[keep_piece],
             piece_tokens=self.piece_tokens[keep_piece], piece_fill=self.piece_fill[keep_piece],
-            piece_index=self.piece_index[keep_piece],
+            piece_index=self.piece_index[keep_piece], run_swap=self.run_swap[keep_run],
+            interrupted=self.interrupted,
         )
 
     def check_chunks(self, col: "_Collector", is_p: np.ndarray, S: int, chunk: int | None) -> None:
@@ -595,7 +619,7 @@ def _flatten_runs(
     ok = np.ones(nrec, dtype=bool)
     simple = np.zeros(nrec, dtype=bool)
     fts = np.zeros(nrec, dtype=np.int64)
-    R: dict[str, list[int]] = {k: [] for k in ("rec", "req", "start", "first", "end", "fill", "cached", "produced", "nch")}
+    R: dict[str, list[int]] = {k: [] for k in ("rec", "req", "start", "first", "end", "fill", "cached", "produced", "nch", "swap")}
     P: dict[str, list[int]] = {k: [] for k in ("run", "step", "tok", "fill", "idx")}
     reqs_list: list[Request] = []
     for pos, rec in enumerate(recs):
@@ -618,7 +642,28 @@ def _flatten_runs(
         total_ext = 0
         bad = False
         for k, run in enumerate(runs):
-            a, c, chunks, e, end = run
+            a, c, chunks, e, end = run[:5]
+            sw = run.swapped_in
+            if sw is not None:  # resumes by swap-in: no chunk, first token in its first (decode) step
+                fill = rec.prompt_len + produced
+                if not _swap_in_run_ok(col, where, k, runs, a, c, chunks, e, sw, fill, ps, S, dcap):
+                    bad = True
+                    break
+                made = 1 + int(Dc[e] - Dc[a])
+                produced += made
+                R["rec"].append(pos)
+                R["req"].append(-1 if i is None else i)
+                R["start"].append(a)
+                R["first"].append(a)
+                R["end"].append(e)
+                R["fill"].append(fill)
+                R["cached"].append(c)
+                R["produced"].append(produced - made)
+                R["nch"].append(0)
+                R["swap"].append(1)
+                reqs_list.append(req if req is not None else _placeholder(rec))
+                prev_end = e
+                continue
             if not chunks:
                 col.add("runs", f"{where}: run {k} has no prefill chunk")
                 bad = True
@@ -635,7 +680,7 @@ def _flatten_runs(
                 bad = True
                 break
             want_end = "finish" if k == len(runs) - 1 else "retract"
-            if end != want_end:
+            if end != want_end and not (k < len(runs) - 1 and end in _INTERRUPTS):
                 col.add("runs", f"{where}: run {k} ends with {end!r}, expected {want_end!r}")
             fill = rec.prompt_len + produced
             tok = sum(t for _, t in chunks)
@@ -664,6 +709,7 @@ def _flatten_runs(
             R["cached"].append(c)
             R["produced"].append(produced - made)
             R["nch"].append(len(chunks))
+            R["swap"].append(0)
             reqs_list.append(req if req is not None else _placeholder(rec))
             prev_end = e
         if bad:
@@ -687,6 +733,7 @@ def _flatten_runs(
             if rec.admit_step != runs[0].admit_step or rec.finish_step != runs[-1].end_step:
                 col.add("causality", f"{where}: admit_step/finish_step {rec.admit_step}/{rec.finish_step} disagree with "
                         f"its runs ({runs[0].admit_step}/{runs[-1].end_step})")
+    interrupted = any(r.runs is not None and any(x.end in ("preempt", "swap") for x in r.runs) for r in recs)
     kinds_P = ~dcap
     arrs = {k: np.asarray(v, dtype=np.int64) for k, v in R.items()}
     parr = {k: np.asarray(v, dtype=np.int64) for k, v in P.items()}
@@ -702,8 +749,190 @@ def _flatten_runs(
         run_rec=arrs["rec"], run_req=arrs["req"], run_start=arrs["start"], span_first=arrs["first"],
         span_end=arrs["end"], span_fill=arrs["fill"], run_cached=arrs["cached"], run_produced=arrs["produced"],
         run_n_chunks=arrs["nch"], piece_run=parr["run"], piece_step=parr["step"], piece_tokens=parr["tok"],
-        piece_fill=parr["fill"], piece_index=parr["idx"],
+        piece_fill=parr["fill"], piece_index=parr["idx"], run_swap=arrs["swap"],
+        interrupted=interrupted,
     )
+
+
+_INTERRUPTS = ("retract", "preempt", "swap")
+
+
+def _swap_in_run_ok(
+    col: "_Collector", where: str, k: int, runs: Sequence[Any], a: int, c: int, chunks: Any, e: int, sw: int,
+    fill: int, ps: int, S: int, dcap: np.ndarray,
+) -> bool:
+    """Structure of a run that resumes by swap-in (kinds ``runs``, ``tokens``, ``switch``): it
+    follows a ``"swap"`` run (never a drop-mode ``"preempt"``: that KV is gone), has no chunk, starts
+    in a decode-capable step, and brings back ``fill - 1`` KV tokens (``cached + swapped_in``)."""
+    if k == 0 or runs[k - 1].end != "swap":
+        prev = "no earlier run" if k == 0 else f"run {k - 1} ended with {runs[k - 1].end!r}"
+        col.add("switch", f"{where}: run {k} resumes by swap-in but {prev}: only a swapped-out request's KV is in "
+                "host memory (a dropped request must recompute)")
+        return False
+    if chunks:
+        col.add("runs", f"{where}: run {k} resumes by swap-in but also has prefill chunks")
+        return False
+    if not (0 <= a <= e < S):
+        col.add("runs", f"{where}: run {k} steps (admit {a}, end {e}) are not ordered inside 0..{S - 1}")
+        return False
+    if a <= runs[k - 1].end_step:
+        col.add("runs", f"{where}: run {k} starts in step {a}, before run {k - 1} ended (step {runs[k - 1].end_step})")
+        return False
+    if not dcap[a]:
+        col.add("switch", f"{where}: run {k} resumes by swap-in in step {a}, which does not decode (kind P)")
+        return False
+    if sw < 0 or c < 0 or c % ps or c + sw != fill - 1:
+        col.add("tokens", f"{where}: run {k}: cached {c} (page-aligned) + swapped in {sw} != fill {fill} - 1 "
+                "(the KV of every token but the last one produced)")
+    return True
+
+
+def _check_switches(
+    instance: Instance, trace: Trace, col: "_Collector", stats: dict[str, Any], S: int, step_start: np.ndarray,
+    step_end: np.ndarray, Dc: np.ndarray,
+) -> None:
+    """Replay the preemption's copies (kind ``switch``; module docstring, ``switch``)."""
+    from prefixsched.errors import InputError
+    from prefixsched.theory.switch_cost import SwitchCostModel
+
+    cfg = trace.meta.get("preemption")
+    if not isinstance(cfg, dict) or cfg.get("mode") not in ("drop", "swap"):
+        col.add("switch", "the trace preempts but trace.meta.preemption does not give the mode (drop/swap)")
+        return
+    swap = cfg["mode"] == "swap"
+    events = trace.switches or []
+    runs_of = {r.id: r.all_runs() for r in trace.requests}
+    plen = {r.id: r.prompt_len for r in trace.requests}
+    for rid, runs in runs_of.items():
+        for x in runs:
+            if x.end == ("preempt" if swap else "swap"):
+                col.add("switch", f"request {rid!r}: a run ends with {x.end!r} in a {cfg['mode']}-mode trace")
+    if not swap:
+        if events:
+            col.add("switch", f"a drop-mode trace has {len(events)} copy events")
+        return
+    try:
+        model = SwitchCostModel.from_dict(cfg["switch"], "trace.meta.preemption.switch")
+        sync = bool(cfg["sync"])
+        reuse = bool(cfg["reuse"])
+        cap = int(cfg["host_capacity_tokens"])
+    except (KeyError, TypeError, ValueError, InputError) as e:
+        col.add("switch", f"trace.meta.preemption lacks the copy model / host pool configuration ({e})")
+        return
+    ps = instance.limits.page_size
+    bpt = model.model.bytes_per_token
+    outs: dict[str, list[Any]] = defaultdict(list)
+    ins: dict[str, list[Any]] = defaultdict(list)
+    for ev in events:
+        if ev.kind == "out":
+            outs[ev.request].append(ev)
+        elif ev.kind == "in":
+            ins[ev.request].append(ev)
+        elif ev.kind == "abort":  # cancels the request's latest swap-in: no run follows it
+            if not ins.get(ev.request):
+                col.add("switch", f"request {ev.request!r}: a swap-in abort in step {ev.step} without a swap-in")
+            else:
+                ins[ev.request].pop()
+            continue
+        if ev.kind == "evict":
+            if ev.tokens < 0:
+                col.add("switch", f"step {ev.step}: a host eviction of {ev.tokens} tokens")
+            continue
+        where = f"request {ev.request!r} ({ev.kind} in step {ev.step})"
+        if not 0 <= ev.tokens <= ev.kv_tokens:
+            col.add("switch", f"{where}: moves {ev.tokens} tokens of a KV of {ev.kv_tokens}")
+        if ev.bytes != ev.tokens * bpt:
+            col.add("switch", f"{where}: {ev.bytes} bytes for {ev.tokens} tokens of {bpt} bytes")
+        lo, hi = model.copy_bounds(ev.tokens)
+        if not lo <= ev.copies <= hi:
+            col.add("switch", f"{where}: {ev.copies} copies, the {model.granularity} granularity gives {lo}..{hi}")
+        want = model.seconds(ev.bytes, ev.copies)
+        got = ev.t_end - ev.t_start
+        if abs(got - want) > 1e-9 * max(want, 1e-12) + _time_tol(ev.t_end) + _time_tol(ev.t_start):
+            col.add("switch", f"{where}: the copy takes {_t(got)} s, the copy model gives {_t(want)} s")
+        if not 0 <= ev.step <= S:
+            col.add("switch", f"{where}: issue step outside 0..{S}")
+            continue
+        if ev.step > 0 and ev.t_start < step_end[ev.step - 1] - _time_tol(step_end[ev.step - 1]):
+            col.add("switch", f"{where}: starts at {_t(ev.t_start)}, before the pass that issued it (step "
+                    f"{ev.step - 1} ended at {_t(step_end[ev.step - 1])})")
+        if sync and ev.step < S and ev.t_end > step_start[ev.step] + _time_tol(step_start[ev.step]):
+            col.add("switch", f"{where}: a synchronous copy ends at {_t(ev.t_end)}, after step {ev.step} started "
+                    f"({_t(step_start[ev.step])}): the GPU must stall for it")
+        if not reuse and ev.kind == "out" and ev.tokens != ev.kv_tokens:
+            col.add("switch", f"{where}: without reuse a swap-out sends the whole KV ({ev.kv_tokens}), not {ev.tokens}")
+    # the link: one stream (sync) or one per direction (async); copies do not overlap
+    lanes = [[e for e in events if e.kind in ("out", "in")]] if sync else [
+        [e for e in events if e.kind == "out"], [e for e in events if e.kind == "in"]]
+    for lane in lanes:
+        lane = sorted(lane, key=lambda e: (e.t_start, e.t_end))
+        for x, y in zip(lane, lane[1:]):
+            if y.t_start < x.t_end - _time_tol(x.t_end):
+                col.add("switch", f"copies of {x.request!r} and {y.request!r} overlap on the link "
+                        f"([{_t(x.t_start)}, {_t(x.t_end)}) and [{_t(y.t_start)}, ...))")
+    # every swap ends with a swap-out; every swap-in run has its copy, after that swap-out
+    for rid, runs in runs_of.items():
+        o, n = outs.get(rid, []), ins.get(rid, [])
+        swaps = [k for k, x in enumerate(runs) if x.end == "swap"]
+        backs = [k for k, x in enumerate(runs) if x.swapped_in is not None]
+        if len(o) != len(swaps) or len(n) != len(backs):
+            col.add("switch", f"request {rid!r}: {len(swaps)} swapped runs / {len(backs)} swap-in runs but "
+                    f"{len(o)} swap-out / {len(n)} swap-in copies")
+            continue
+        produced = 0
+        out_at: dict[int, Any] = {}
+        j = 0
+        for k, x in enumerate(runs):
+            if not (o or n):
+                break
+            fill = plen[rid] + produced
+            first = x.admit_step if x.swapped_in is not None else x.chunks[-1][0] if x.chunks else x.admit_step
+            if not (0 <= first <= x.end_step < S):
+                break  # reported by the runs check
+            made = 1 + int(Dc[x.end_step] - Dc[first])
+            if x.end == "swap":
+                ev = o[j]
+                j += 1
+                out_at[k] = ev
+                if ev.kv_tokens != fill + made - 1:
+                    col.add("switch", f"request {rid!r}: run {k} holds {fill + made - 1} KV tokens at its swap-out, "
+                            f"the copy says {ev.kv_tokens}")
+                if ev.step <= x.end_step:
+                    col.add("switch", f"request {rid!r}: swap-out issued in step {ev.step}, not after its run's last "
+                            f"token (step {x.end_step})")
+            if x.swapped_in is not None:
+                ev = n[backs.index(k)]
+                prev = out_at.get(k - 1)
+                if ev.tokens != x.swapped_in or ev.kv_tokens != fill - 1:
+                    col.add("switch", f"request {rid!r}: run {k} swaps in {x.swapped_in} of {fill - 1} tokens, the copy "
+                            f"moves {ev.tokens} of {ev.kv_tokens}")
+                if prev is not None and ev.t_start < prev.t_end - _time_tol(prev.t_end):
+                    col.add("switch", f"request {rid!r}: swap-in starts at {_t(ev.t_start)} before its swap-out ends "
+                            f"at {_t(prev.t_end)}")
+                st = x.admit_step
+                if 0 <= st < S and (ev.t_end > step_start[st] + _time_tol(step_start[st]) or ev.step > st):
+                    col.add("switch", f"request {rid!r}: runs in step {st} (from {_t(step_start[st])}) while still being "
+                            f"swapped in (copy issued in step {ev.step}, ends {_t(ev.t_end)})")
+            produced += made
+    # host capacity: sends add, evictions and completed swap-ins free (a lower bound on use)
+    ledger: list[tuple[float, int, int]] = []
+    for idx, ev in enumerate(events):
+        if ev.kind == "out":
+            ledger.append((ev.t_start, idx, ev.tokens))
+        elif ev.kind == "evict":
+            ledger.append((ev.t_start, idx, -ev.tokens))
+        elif ev.kind == "in" and ev.tokens >= 0:
+            ledger.append((ev.t_end, idx, -(ev.kv_tokens if not reuse else ev.kv_tokens % ps)))
+    ledger.sort()
+    used, peak = 0, 0
+    for t, idx, d in ledger:
+        used += d
+        peak = max(peak, used)
+        if used > cap:
+            col.add("switch", f"host pool holds at least {used} tokens at t={_t(t)} > host_capacity_tokens {cap}")
+            break
+    stats["peak_host_tokens"] = int(peak)
+    stats["switch_events"] = len(events)
 
 
 def _m_steps(trace: Trace, S: int) -> np.ndarray:

@@ -28,6 +28,13 @@ it re-enters the waiting queue and a later run re-prefills ``prompt + outputs so
 the cache still holds). The fill of run ``k`` is ``prompt_len + (tokens produced by runs < k)``
 tokens and its chunks add up to ``fill - cached_tokens``.
 
+Preemption (:mod:`prefixsched.reference.engine.preemption`). A policy may also end a decoding run:
+``"preempt"`` (drop mode: like a retraction, the next run re-prefills) or ``"swap"`` (swap mode:
+its KV is copied to host memory). The run after a ``"swap"`` run either resumes by *swap-in*
+(``Run.swapped_in`` is set, no chunks: module :class:`Run`) or, if the host copy was evicted
+meanwhile, re-prefills like any other run. Every copy is a :class:`SwitchEvent` in
+:attr:`Trace.switches`. A trace without preemption has neither (its JSON is unchanged).
+
 A request of one run with one chunk in ``admit_step`` (every request of the ``ideal`` engine) stores
 no runs (``runs=None``): its run is ``Run(admit_step, cached_tokens, ((admit_step, extend_tokens),),
 finish_step, "finish")``. :meth:`RequestRecord.all_runs` gives the runs in either case.
@@ -46,12 +53,15 @@ from typing import Any, NamedTuple
 from prefixsched.errors import InputError
 from prefixsched.theory.model import Instance
 
-__all__ = ["Run", "RequestRecord", "Trace", "ClusterTrace", "STEP_KINDS", "RUN_ENDS"]
+__all__ = ["Run", "RequestRecord", "Trace", "ClusterTrace", "SwitchEvent", "STEP_KINDS", "RUN_ENDS", "SWITCH_KINDS"]
 
 #: Step kinds (one character each): mixed (ideal engine), prefill, decode (sglang engine).
 STEP_KINDS = ("M", "P", "D")
-#: How a run ends.
-RUN_ENDS = ("finish", "retract")
+#: How a run ends: its last token, SGLang's decode retraction, a policy's preemption in *drop* mode
+#: (KV freed, recomputed later) or in *swap* mode (KV copied to host memory).
+RUN_ENDS = ("finish", "retract", "preempt", "swap")
+#: Directions of a context-switch transfer (:attr:`Trace.switches`) and the host-eviction event.
+SWITCH_KINDS = ("out", "in", "evict", "abort")
 
 
 class Run(NamedTuple):
@@ -69,7 +79,15 @@ class Run(NamedTuple):
     end_step:
         The last step in which it produced an output token (``>=`` its last chunk's step).
     end:
-        ``"finish"`` or ``"retract"``.
+        ``"finish"``, ``"retract"``, ``"preempt"`` (a policy preempted it in drop mode) or
+        ``"swap"`` (preempted in swap mode: its KV went to host memory).
+    swapped_in:
+        ``None`` for a run that starts with a prefill (every run of a trace without preemption).
+        An int for a run that *resumes by swap-in* after a ``"swap"`` run: the KV tokens copied
+        back from host memory. Such a run has no chunks; its KV is ``cached_tokens + swapped_in
+        == fill - 1`` (everything but the last token produced before the swap, whose KV its first
+        decode step writes); ``admit_step`` is its first decode-capable step, in which it produces
+        its first token of the run, then one per decode-capable step up to ``end_step``.
     """
 
     admit_step: int
@@ -77,6 +95,46 @@ class Run(NamedTuple):
     chunks: tuple[tuple[int, int], ...]
     end_step: int
     end: str
+    swapped_in: int | None = None
+
+
+class SwitchEvent(NamedTuple):
+    """One context-switch event of a run with preemption in swap mode (:attr:`Trace.switches`).
+
+    Attributes
+    ----------
+    step:
+        The step whose scheduling pass issued it (for ``"evict"``: the pass in which the host pool
+        evicted).
+    request:
+        The request id (``""`` for ``"evict"``).
+    kind:
+        ``"out"`` (GPU -> host, a swap-out), ``"in"`` (host -> GPU, a swap-in), ``"evict"`` (the
+        host pool dropped LRU pages to make room) or ``"abort"`` (the swap-in just issued for this
+        request was cancelled before the request ran: the decode batch needed its GPU pages; the
+        request waits again and no swap-in run follows that ``"in"``).
+    kv_tokens:
+        ``"out"``: the request's KV tokens at the swap-out; ``"in"``: the KV tokens the resumed run
+        holds (``cached + swapped_in``); ``"evict"``: 0.
+    tokens:
+        Tokens actually moved (``"out"``: only those the host did not hold yet; ``"in"``: the run's
+        ``swapped_in``; ``"evict"``: host tokens freed).
+    bytes, copies:
+        Bytes moved and copies issued (:mod:`prefixsched.theory.switch_cost`); 0 for ``"evict"``.
+    t_start, t_end:
+        The copy's interval on its direction of the link, seconds (``t_start == t_end`` for an
+        empty copy and for ``"evict"``).
+    """
+
+    step: int
+    request: str
+    kind: str
+    kv_tokens: int
+    tokens: int
+    bytes: int
+    copies: int
+    t_start: float
+    t_end: float
 
 
 @dataclass(frozen=True)
@@ -134,6 +192,7 @@ class RequestRecord:
             del d["runs"]
         else:
             d["runs"] = [[r.admit_step, r.cached_tokens, [list(c) for c in r.chunks], r.end_step, r.end]
+                         + ([] if r.swapped_in is None else [r.swapped_in])
                          for r in self.runs]
         return d
 
@@ -146,16 +205,21 @@ class RequestRecord:
         runs: tuple[Run, ...] | None = None
         if raw is not None:
             try:
-                runs = tuple(
-                    Run(int(a), int(c), tuple((int(s), int(t)) for s, t in ch), int(e), str(end))
-                    for a, c, ch, e, end in raw
-                )
+                runs = tuple(_run_from(x) for x in raw)
             except (TypeError, ValueError) as e:
                 raise InputError(f"{where}.runs", f"malformed runs: {e}") from None
         try:
             return RequestRecord(**d, runs=runs)
         except TypeError as e:
             raise InputError(where, str(e)) from None
+
+
+def _run_from(x: Any) -> Run:
+    """A :class:`Run` from its JSON list (5 fields, or 6 with ``swapped_in``)."""
+    if len(x) not in (5, 6):
+        raise TypeError(f"a run has 5 or 6 fields, got {len(x)}")
+    sw = None if len(x) == 5 else int(x[5])
+    return Run(int(x[0]), int(x[1]), tuple((int(s), int(t)) for s, t in x[2]), int(x[3]), str(x[4]), sw)
 
 
 @dataclass
@@ -176,6 +240,10 @@ class Trace:
     step_kinds:
         One character per step, ``"M"``, ``"P"`` or ``"D"`` (module docstring); ``None`` = all
         ``"M"``.
+    switches:
+        ``None`` unless the run preempted in swap mode: every :class:`SwitchEvent` (swap-outs,
+        swap-ins, host evictions) in issue order. The switch-cost model and the host pool's
+        configuration are in ``meta["preemption"]``.
     """
 
     policy: dict[str, Any]
@@ -184,6 +252,7 @@ class Trace:
     step_end: list[float]
     meta: dict[str, Any] = field(default_factory=dict)
     step_kinds: str | None = None
+    switches: list[SwitchEvent] | None = None
 
     @property
     def n_steps(self) -> int:
@@ -203,6 +272,8 @@ class Trace:
         }
         if self.step_kinds is not None:
             d["step_kinds"] = self.step_kinds
+        if self.switches is not None:
+            d["switches"] = [list(e) for e in self.switches]
         return d
 
     @staticmethod
@@ -216,6 +287,17 @@ class Trace:
         kinds = d.get("step_kinds")
         if kinds is not None and (not isinstance(kinds, str) or set(kinds) - set(STEP_KINDS)):
             raise InputError("trace.step_kinds", f"must be a string of {'/'.join(STEP_KINDS)}, got {kinds!r:.40}")
+        sw = d.get("switches")
+        switches = None
+        if sw is not None:
+            try:
+                switches = [SwitchEvent(int(a), str(b), str(c), int(e), int(f), int(g), int(h), float(i), float(j))
+                            for a, b, c, e, f, g, h, i, j in sw]
+            except (TypeError, ValueError) as e:
+                raise InputError("trace.switches", f"malformed switch events: {e}") from None
+            bad = [e.kind for e in switches if e.kind not in SWITCH_KINDS]
+            if bad:
+                raise InputError("trace.switches", f"unknown event kind {bad[0]!r} (known: {', '.join(SWITCH_KINDS)})")
         return Trace(
             policy=dict(d["policy"]),
             requests=records,
@@ -223,6 +305,7 @@ class Trace:
             step_end=[float(x) for x in d["step_end"]],
             meta=dict(d.get("meta", {})),
             step_kinds=kinds,
+            switches=switches,
         )
 
 

@@ -493,7 +493,8 @@ class EngineBase:
             rl = runs_of[s]
             runs = None
             if rl is not None and not (len(rl) == 1 and len(rl[0][2]) == 1 and rl[0][4] == "finish"):
-                runs = tuple(Run(a, c, tuple((st, tk) for st, tk in ch), e, end) for a, c, ch, e, end in rl)
+                runs = tuple(Run(x[0], x[1], tuple((st, tk) for st, tk in x[2]), x[3], x[4], x[5] if len(x) > 5 else None)
+                             for x in rl)
             records.append(
                 RequestRecord(
                     id=r.id,
@@ -519,4 +520,10 @@ class EngineBase:
             step_end=list(self.step_end),
             meta=self._meta(),
             step_kinds=None if not kinds or set(kinds) == {"M"} else kinds,
+            switches=self._switches(),
         )
+
+    def _switches(self) -> Any:
+        """The trace's switch events (:attr:`~prefixsched.theory.trace.Trace.switches`); None
+        for an engine without swap-mode preemption."""
+        return None

@@ -397,6 +397,10 @@ def _validate(eng: "IdealWorker", decision: Any, policy: Policy, now: float, req
         raise IllegalDecisionError(
             f"policy {policy.name!r} returned {type(decision).__name__}, expected a Decision"
         )
+    if decision.preempt:  # the papers' model has no preemption (engine.preemption is sglang-only)
+        raise IllegalDecisionError(
+            f"policy {policy.name!r} at t={now}: preempts {decision.preempt[0]!r}, but the ideal engine never preempts"
+        )
     ids = decision.admit
     if not ids:
         return []

@@ -38,6 +38,14 @@ engine follows ``Scheduler.event_loop_normal``; each iteration is one of SGLang'
    later re-prefills ``prompt + outputs`` reusing what the cache still holds) and re-estimates
    ``new_token_ratio``; else the ratio decays. Every decode step produces one token per request.
 
+Preemption (``preemption=PreemptionConfig(...)``, :mod:`.preemption`). In phase 2 a decision may
+preempt decode-batch requests (SGLang's priority preemption, drop mode, or vLLM/FastSwitch swap
+mode); the engine applies them, rebuilds the adder and asks the policy again while it preempts
+without admitting (:meth:`SGLangWorker._preempt_rounds`). Small hooks elsewhere: asynchronous copies
+complete at the start of a pass, swap-ins leave the prefill batch after admission and join the
+decode batch at a decode pass once their copy is done, and a synchronous pass stalls for its
+copies before its step. Without it none of this runs and the traces are those of SGLang as above.
+
 KV pool. One pool of ``kv_capacity_tokens`` holds the tree's pages and every request's private
 pages (allocated page by page, as SGLang's paged allocator: an extend of ``x`` tokens from an
 aligned prefix takes ``ceil(x / page)`` pages, a decode step a new page when the request's KV
@@ -272,6 +280,8 @@ class AdderBuilder:
         for s in eng.running:
             left = eng.max_new[s] - eng.out_at(s)
             off += (left if left < clip else clip) * r1
+        if eng.pre is not None:  # admitted swap-ins not in the decode batch yet
+            off += eng.pre.held_offset(r1, clip)
         self.total_offset = off
         self.current_offset = 0.0
         self.avail0 = cache.free_tokens + cache.evictable_tokens
@@ -323,6 +333,14 @@ class AdderBuilder:
         self.rem_input -= paged
         if self.rem_chunk is not None:
             self.rem_chunk -= paged
+
+    def _charge_swap_in(self, tokens: int, max_new: int) -> None:
+        """A swap-in's charge: its KV, a page and its output, but no prefill-token or chunk budget
+        (it computes nothing; :mod:`.preemption`)."""
+        paged = self._ceil(tokens)
+        ps = self.ps
+        self.total_offset += paged + ps + max_new
+        self.current_offset += paged + ps
 
     def clone(self, record: bool) -> "AdderBuilder":
         b = object.__new__(AdderBuilder)
@@ -386,6 +404,9 @@ class AdderBuilder:
         lock, updates = lock_walk(eng.cache.watched_node(s), e.used, self._counted, self._root, eng.cache)
         if not total < self.avail0 - self.locked - lock - self.total_offset:
             return NO_TOKEN, False, 0, False, [], 0
+        sw = eng.swap_ok
+        if sw is not None and s in sw:  # resumes by swap-in: fill - 1 - prefix tokens come back from host
+            return CONTINUE, True, cand - 1, False, updates, lock
         input_tokens = self._ceil(cand)
         if self.rem_chunk is None and self.ids and input_tokens >= self.rem_input:
             return OTHER, False, 0, False, [], 0
@@ -456,6 +477,8 @@ class AdderBuilder:
             if chunked:
                 self.new_chunked = s
                 self._charge(extend, 0)
+            elif eng.swap_ok is not None and s in eng.swap_ok:
+                self._charge_swap_in(extend, mn if mn < clip else clip)
             else:
                 self._charge(extend, mn if mn < clip else clip)
             res = self.budget_state()
@@ -494,6 +517,12 @@ class SGLangWorker(EngineBase):
     on_pass:
         Optional ``callable(PassRecord)`` called after every scheduling pass (conformance checks;
         it makes the run slower: each record carries the full state as token lists).
+    preemption:
+        ``None`` (default: SGLang without priority preemption; a decision that preempts is
+        illegal) or a :class:`~prefixsched.reference.engine.preemption.PreemptionConfig`: policies
+        may preempt decoding requests, in drop or swap mode (:mod:`.preemption`). The engine then
+        asks the policy at every pass with a waiting request, even when no running slot is free
+        (SGLang's ``enable_priority_preemption`` resets ``batch_is_full`` each pass).
 
     Raises
     ------
@@ -506,8 +535,10 @@ class SGLangWorker(EngineBase):
     version = "prefixsched.engine.sglang/1 (SGLang 0.5.23)"
 
     def __init__(self, instance: Any, policy: Any, *, sglang: SGLangConfig | None = None,
-                 on_pass: Callable[[PassRecord], None] | None = None, **kw: Any) -> None:
+                 on_pass: Callable[[PassRecord], None] | None = None, preemption: Any = None, **kw: Any) -> None:
         super().__init__(instance, policy, **kw)
+        self.pre: Any = None  # the preemption phase (preemption.Preemptor), None without preemption
+        self.swap_ok: Any = None  # seqs that would resume by swap-in (a complete host copy)
         cfg = SGLangConfig() if sglang is None else sglang
         if not isinstance(cfg, SGLangConfig):
             raise InputError("sglang", f"must be an SGLangConfig, got {type(cfg).__name__}")
@@ -563,6 +594,8 @@ class SGLangWorker(EngineBase):
         self.n_retracted = 0
         self.n_chunks = 0
         self.snap = EngineSnapshot(self)
+        if preemption is not None:
+            self._init_preemption(preemption)
         if not self.online:
             for r in self.reqs:
                 self._check_admissible(r)
@@ -613,7 +646,7 @@ class SGLangWorker(EngineBase):
         return -(-kv // ps) * ps - self.lk_tok[s]
 
     def _busy(self) -> bool:
-        return self.n_running > 0
+        return self.n_running > 0 or (self.pre is not None and self.pre.busy)
 
     def _on_idle_gap(self) -> None:
         self.ratio.reset()  # Scheduler.on_idle: a fully idle server resets new_token_ratio
@@ -623,7 +656,7 @@ class SGLangWorker(EngineBase):
     def new_builder(self) -> AdderBuilder:
         base = self._base
         if base is None:
-            base = AdderBuilder(self, self.max_running - len(self.running))
+            base = AdderBuilder(self, self._free_slots())
         b = base.clone(record=True)
         self._policy_builder = b
         return b
@@ -641,37 +674,52 @@ class SGLangWorker(EngineBase):
     def _iterate(self, final: bool) -> bool:
         self._arrivals()
         self._stash_chunked()
+        pre = self.pre
+        if pre is not None:
+            pre.complete()  # asynchronous copies that ended by now
         rec = self._pass_record() if self.on_pass is not None else None
         b = self._schedule(rec)
+        if pre is not None:
+            pre.after_schedule(b)  # requeue victims, issue swap-ins, synchronous stall
         if b is not None and b.ids:
             self._admit(b)
             if rec is not None:
                 rec.queue_after = tuple(self.reqs[s].id for s in self.queue)
-            end = self._forward_prefill(b)
-            self._results_prefill(b, end)
-            if rec is not None:
-                rec.kind = "prefill"
-                rec.cache_after = self._cache_sizes()
-                self.on_pass(rec)
-            return False
-        if b is not None and self.pass_visits:
+            if pre is None or pre.after_admit(b):
+                end = self._forward_prefill(b)
+                self._results_prefill(b, end)
+                if rec is not None:
+                    rec.kind = "prefill"
+                    rec.cache_after = self._cache_sizes()
+                    self.on_pass(rec)
+                return False
+        elif b is not None and self.pass_visits:
             if self.log_events:
                 self.cache.event_time = self.now  # type: ignore[attr-defined]
             self._match_visits(())
         if rec is not None:
             rec.batch_is_full = self.batch_is_full
-        if self.running:
+        if self.running or (pre is not None and pre.ready):
+            if pre is not None:
+                pre.ensure_decode_room()  # wait for swap-outs rather than retract
             retracted = self._schedule_decode()
-            end = self._forward_decode()
-            self._results_decode(end)
-            if rec is not None:
-                rec.kind = "decode"
-                rec.retracted = tuple(self.reqs[s].id for s in retracted)
-                rec.cache_after = self._cache_sizes()
-                self.on_pass(rec)
-            return False
+            if pre is not None:
+                pre.join_ready()  # swapped-in requests join the decode batch
+            if self.running:
+                end = self._forward_decode()
+                if pre is not None:
+                    pre.on_decode_step()
+                self._results_decode(end)
+                if rec is not None:
+                    rec.kind = "decode"
+                    rec.retracted = tuple(self.reqs[s].id for s in retracted)
+                    rec.cache_after = self._cache_sizes()
+                    self.on_pass(rec)
+                return False
         if rec is not None:
             self.on_pass(rec)
+        if pre is not None and pre.wait_link():
+            return False  # nothing runnable while copies are in flight: idle until one ends
         return self._idle(final)
 
     def _cache_sizes(self) -> tuple[int, int, int]:
@@ -683,31 +731,29 @@ class SGLangWorker(EngineBase):
     def _schedule(self, rec: PassRecord | None) -> AdderBuilder | None:
         """``_get_new_batch_prefill_raw`` up to the end of the admission loop."""
         self._base = None
-        if not self.running:
+        pre = self.pre
+        if not self.running or pre is not None:  # priority preemption resets it every pass
             self.batch_is_full = False
         if (self.batch_is_full or not self.queue) and self.chunked is None:
             return None
-        slots = self.max_running - len(self.running)
-        if slots <= 0 and self.chunked is None:
+        slots = self._free_slots()
+        if slots <= 0 and self.chunked is None and pre is None:
             self.batch_is_full = True
             return None
         self._calc_priority(rec)
-        base = AdderBuilder(self, slots)
-        if self.chunked is not None:
-            base.add_chunked(self.chunked)
-            if base.budget_state() == OTHER:
-                base.full = True
-                base.stop = OTHER
+        base = self._new_base(slots)
         self._base = base
         self.pass_visits = []
         self._policy_builder = None
         b = base
-        if self.queue and base.loop_open():
+        if self.queue and (base.loop_open() or pre is not None):
             snap = self.snap
             snap.now = self.now
             snap.step = self.step
             decision = self.policy.decide(snap)
             self.decisions += 1
+            if pre is not None and isinstance(decision, Decision) and decision.preempt:
+                decision, base = self._preempt_rounds(decision)
             b = self._validate(decision, base)
         # batch_is_full as SGLang's loop leaves it: from the loop events of the policy's builder
         # (the one whose commits are the decision), else from the replay
@@ -743,6 +789,11 @@ class SGLangWorker(EngineBase):
         policy = self.policy
         if not isinstance(decision, Decision):
             raise IllegalDecisionError(f"policy {policy.name!r} returned {type(decision).__name__}, expected a Decision")
+        if decision.preempt and self.pre is None:
+            raise IllegalDecisionError(
+                f"policy {policy.name!r} at t={self.now}: preempts {decision.preempt[0]!r}, but this engine runs "
+                "without preemption (build it with preemption=PreemptionConfig(...))"
+            )
         b = base.clone(record=False)
         seen: set[str] = set()
         entries = self.index.entries
@@ -768,6 +819,56 @@ class SGLangWorker(EngineBase):
             ok = b.try_add(e)
             assert ok
         return b
+
+    def _free_slots(self) -> int:
+        """Running slots left: ``max_running_requests`` minus the decode batch (and the admitted
+        swap-ins not in it yet)."""
+        n = self.max_running - len(self.running)
+        return n if self.pre is None else n - len(self.pre.held)
+
+    def _new_base(self, slots: int) -> AdderBuilder:
+        """The pass's ``PrefillAdder``, the chunked request resumed first."""
+        base = AdderBuilder(self, slots)
+        if self.chunked is not None:
+            base.add_chunked(self.chunked)
+            if base.budget_state() == OTHER:
+                base.full = True
+                base.stop = OTHER
+        return base
+
+    # preemption -----------------------------------------------------------------------------
+
+    def _init_preemption(self, cfg: Any) -> None:
+        from prefixsched.reference.engine.preemption import PreemptionConfig, PreemptionSnapshot, Preemptor
+
+        if not isinstance(cfg, PreemptionConfig):
+            raise InputError("preemption", f"must be a PreemptionConfig or None, got {type(cfg).__name__}")
+        self.pre = Preemptor(self, cfg)
+        self.snap = PreemptionSnapshot(self)
+
+    def _preempt_rounds(self, decision: Decision) -> tuple[Decision, AdderBuilder]:
+        """Apply a decision's preemptions (validated), rebuild the pass's adder on the state after
+        them and, while the policy preempts without admitting, ask it again (each round removes
+        running requests, so this ends). Returns the decision whose admissions are replayed and the
+        adder to replay them on (:class:`~prefixsched.reference.policies.base.Decision`)."""
+        pre = self.pre
+        snap = self.snap
+        while True:
+            pre.check(decision)
+            for rid in decision.preempt:
+                pre.preempt(self.seq_of[rid])
+            base = self._new_base(self._free_slots())
+            self._base = base
+            self.pass_visits = []
+            self._policy_builder = None
+            if decision.admit or not self.queue:
+                return decision, base
+            decision = self.policy.decide(snap)
+            self.decisions += 1
+            if not isinstance(decision, Decision) or not decision.preempt:
+                if isinstance(decision, Decision):
+                    pre.check(decision)
+                return decision, base
 
     def _calc_priority(self, rec: PassRecord | None) -> None:
         """``SchedulePolicy.calc_priority`` for a native policy (module docstring): sorts the
@@ -1173,7 +1274,13 @@ class SGLangWorker(EngineBase):
         meta["sglang"] = self.cfg.to_dict()
         meta["retractions"] = self.n_retracted
         meta["chunks"] = self.n_chunks
+        if self.pre is not None:
+            meta["preemption"] = self.pre.meta()
         return meta
+
+    def _switches(self) -> Any:
+        pre = self.pre
+        return None if pre is None or not pre.swap else list(pre.events)
 
     def _pass_record(self) -> PassRecord:
         return PassRecord(step=self.step, now=self.now, kind="idle", queue_before=(), state=self.admission_state())

@@ -22,7 +22,7 @@ from prefixsched.reference.policies.base import Decision, Policy
 __all__ = ["register", "get", "create", "available", "parse_spec", "Policy", "Decision"]
 
 _REGISTRY: dict[str, type[Policy]] = {}
-_BUILTINS = ("fcfs", "lpm", "dfs_weight", "klpm", "vtc", "dlpm", "random")
+_BUILTINS = ("fcfs", "lpm", "dfs_weight", "klpm", "vtc", "dlpm", "random", "preemptive")
 _loaded = False
 
 

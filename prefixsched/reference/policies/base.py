@@ -13,6 +13,9 @@ Call sequence, per run (the engine guarantees it):
 2. Once per forward step, if the waiting queue is non-empty and a running slot is free:
    ``decision = policy.decide(snap)``. A policy may charge its own counters for the requests it
    admits here (DLPM Algorithm 1 line 11): the engine applies the decision in full or aborts the run.
+   A decision may also preempt running requests (:class:`Decision`); preemptive policies read the
+   decode batch through :class:`PreemptionView` (``getattr(snap, "preemption", None)`` is the
+   engine's preemption mode, ``None`` where it cannot preempt).
 3. After the step: ``policy.on_step_end(decoded, finished, snap)`` with the output tokens each
    client's requests produced in the step (every running request produces one; a request admitted
    in this step produces its first) and the requests that finished.
@@ -36,6 +39,7 @@ from prefixsched.theory.model import Limits, Request, ServiceWeights
 
 __all__ = [
     "WaitingEntry", "BatchBuilder", "CacheView", "Snapshot", "Decision", "Policy", "FinishedInfo", "client_weights",
+    "RunningEntry", "PreemptionView",
 ]
 
 
@@ -129,6 +133,65 @@ class Snapshot(Protocol):
         ...
 
 
+@runtime_checkable
+class RunningEntry(Protocol):
+    """One request of the decode batch as a preemptive policy sees it (read-only).
+
+    Attributes
+    ----------
+    request, seq:
+        The request and its position in the instance.
+    produced:
+        Output tokens produced so far (over all its runs).
+    kv_tokens:
+        KV tokens it holds now (prompt + outputs whose KV is written).
+    out_left:
+        Output tokens still to produce.
+    reserved_tokens:
+        What SGLang's admission budget reserves for it now (``PrefillAdder``'s running offset:
+        ``min(max_new - produced, clip) * new_token_ratio``), tokens.
+    queued_at:
+        When it last entered the waiting queue (SGLang's ``wait_queue_entry_time``), seconds.
+    joined_step:
+        The step in which its current run joined the decode batch.
+    """
+
+    @property
+    def request(self) -> Request: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def produced(self) -> int: ...
+    @property
+    def kv_tokens(self) -> int: ...
+    @property
+    def out_left(self) -> int: ...
+    @property
+    def reserved_tokens(self) -> float: ...
+    @property
+    def queued_at(self) -> float: ...
+    @property
+    def joined_step(self) -> int: ...
+
+
+class PreemptionView(Protocol):
+    """What an engine with preemption adds to the :class:`Snapshot`.
+
+    ``preemption`` is ``"drop"`` or ``"swap"``; ``running()`` lists the decode batch in batch
+    order; ``pending_free_tokens`` is GPU KV that in-flight swap-outs will free when their copies
+    complete (asynchronous swapping); ``page_size`` and ``clip_max_new_tokens`` are the engine's.
+    """
+
+    preemption: str
+    pending_free_tokens: int
+
+    def running(self) -> Iterator[RunningEntry]: ...
+    def is_swapped(self, request_id: str) -> bool:
+        """True iff the request waits with a complete KV copy in host memory (it would resume by
+        swap-in)."""
+        ...
+
+
 def client_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     """Validate optional per-client weights (weighted VTC / DLPM): ``{client: finite number > 0}``.
 
@@ -151,9 +214,24 @@ def client_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Decision:
-    """The requests to admit in this step, in admission order (ids)."""
+    """The requests to admit in this step, in admission order (ids), and the running requests to
+    preempt (ids).
+
+    ``preempt`` is honoured only by an engine built with preemption (the ``sglang`` engine with
+    ``preemption=PreemptionConfig(...)``, :mod:`prefixsched.reference.engine.preemption`); any
+    other engine raises :class:`~prefixsched.errors.IllegalDecisionError` for a non-empty
+    ``preempt``. The engine validates every id (it must name a request of the decode batch, at
+    most once, and not one preempted earlier in the same step), applies the preemptions first
+    (drop or swap-out), then replays ``admit`` on the state after them (a larger budget, so an
+    admission list built on the snapshot's builder stays valid). A request preempted in a step
+    cannot be admitted in that step. A decision that preempts and admits nothing is followed, in
+    the same step, by another ``decide`` call on the new state (so the room just freed is used at
+    once); that repeats while decisions preempt, and ends because each round removes running
+    requests.
+    """
 
     admit: tuple[str, ...] = ()
+    preempt: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
