@@ -96,6 +96,25 @@ from prefixsched.errors import (
 )
 
 DEFAULT_POLICIES = ("fcfs", "lpm", "k-lpm", "vtc", "dlpm")
+#: ``simulate --preemption``: mode -> (PreemptionConfig mode, sync, reuse, copy granularity).
+PREEMPTION_MODES: dict[str, tuple[str, bool, bool, str] | None] = {
+    "none": None,
+    "drop": ("drop", True, False, "block"),
+    "swap": ("swap", True, False, "block"),
+    "fastswitch": ("swap", False, True, "group"),
+}
+
+
+def _preemption_config(mode: str) -> Any:
+    """The engine's ``PreemptionConfig`` for ``simulate --preemption MODE`` (None for ``none``)."""
+    spec = PREEMPTION_MODES[mode]
+    if spec is None:
+        return None
+    from prefixsched.reference.engine.preemption import PreemptionConfig
+    from prefixsched.theory.switch_cost import SwitchCostModel
+
+    m, sync, reuse, gran = spec
+    return PreemptionConfig(mode=m, sync=sync, reuse=reuse, switch=SwitchCostModel(granularity=gran))
 
 MAX_CLIENTS = 10_000
 MAX_WORKERS = 1024
@@ -331,6 +350,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             f"{ps}), more than {MAX_SIM_PAGES:,} (~2 GB); use a larger limits.page_size or fewer requests",
         )
     policies = [create(s, quantum=args.quantum, k=args.k, seed=args.seed) for s in specs]
+    preemption = _preemption_config(args.preemption)
+    if preemption is not None:
+        if args.engine != "sglang":
+            raise InputError("--preemption", f"{args.preemption!r} needs --engine sglang (the ideal engine never preempts)")
+        if D > 1:
+            raise InputError("--preemption", f"{args.preemption!r} is single-worker only; use --workers 1")
+    from prefixsched.reference.policies.preemptive import FastSwitchPriority, PreemptiveVTC, SGLangPriority
+
+    preemptive = [sp for sp, pol in zip(specs, policies) if isinstance(pol, (PreemptiveVTC, FastSwitchPriority, SGLangPriority))]
+    if preemption is None and preemptive:
+        _warn(f"{', '.join(preemptive)} cannot preempt without --preemption drop|swap|fastswitch: "
+              "they run as their non-preemptive admission rule")
+    elif preemption is not None and len(preemptive) < len(specs):
+        _warn(f"--preemption applies only to preemptive policies; {', '.join(sp for sp in specs if sp not in preemptive)} "
+              "do not preempt")
     show = not args.no_progress and sys.stderr.isatty()
     results = []
     traces = []
@@ -361,7 +395,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             )
             continue
         try:
-            trace = simulate(inst, pol, engine=args.engine, seed=args.seed, progress=update)
+            opts = {"preemption": preemption} if preemption is not None else {}
+            trace = simulate(inst, pol, engine=args.engine, seed=args.seed, progress=update, **opts)
         finally:
             bar.close()
         check_trace(inst, trace)  # every schedule is replayed by the independent checker
@@ -394,6 +429,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"{len(inst.requests)} requests, {n_clients} clients, "
         + ", ".join(f"{k}={v}" for k, v in source.items())
         + f", engine={args.engine}, seed={args.seed}"
+        + (f", preemption={args.preemption}" if preemption is not None else "")
         + (f", workers={D}, dispatch={_dispatcher_label(dispatcher)}" if D > 1 else ""),
         file=report,
     )
@@ -410,7 +446,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(scenario_cli.per_client_report(results, _table), file=report)
     out = {
         "input": {**source, "requests": len(inst.requests), "clients": list(inst.clients), "seed": args.seed,
-                  "engine": args.engine,
+                  "engine": args.engine, "preemption": args.preemption,
                   **({"workers": D, "dispatch": dispatch_spec} if D > 1 else {}),
                   "offered_load": offered, "cost_model": dataclasses.asdict(inst.cost_model),
                   "limits": dataclasses.asdict(inst.limits)},
@@ -686,6 +722,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sglang: schedule as SGLang 0.5.23 does (prefill and decode steps, PrefillAdder with stop-at-first-misfit, "
         "chunked prefill, new_token_ratio reservation, retraction); ideal: the papers' model (mixed steps, whole-output "
         "reservation, skip-if-it-does-not-fit, no chunking, no retraction) (default: %(default)s)",
+    )
+    s.add_argument(
+        "--preemption", choices=list(PREEMPTION_MODES), default="none",
+        help="let preemptive policies (vtc-preempt, fastswitch, sglang-priority) preempt decoding requests on the "
+        "sglang engine: drop (recompute later, SGLang's priority preemption), swap (KV to a host pool twice the GPU "
+        "pool and back: vLLM's synchronous per-block copies), fastswitch (swap with block groups, asynchronous copies "
+        "and KV reuse); copy costs: Llama-3-8B over PCIe 5.0 x16 (prefixsched.theory.switch_cost); none: those "
+        "policies run as their non-preemptive admission rule (default: %(default)s)",
     )
     s.add_argument("--quantum", type=_positive_float("--quantum"), default=None,
                    help="DLPM quantum Q_u in cost units, (0, 1e15] (default: the policy's own)")

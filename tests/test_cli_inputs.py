@@ -405,3 +405,18 @@ def test_workloads_json_lists_parameters(capsys):
     d = {w["name"]: w for w in json.loads(out)}
     assert d["default"]["parameters"]["duration_s"] == 90.0 and {"default", "shared-prefix", "s1", "s2", "dlpm-chat", "klpm-replica", "vtc-overload"} <= set(d)
     assert all(w["description"] for w in d.values())
+
+
+def test_simulate_preemption_option(capsys, tmp_path):
+    """--preemption needs the sglang engine and one worker; a preemptive policy without it warns."""
+    code, _, err = run(["simulate", "--engine", "ideal", "--preemption", "drop", "--requests", "5"], capsys)
+    assert code == 2 and "--preemption" in err and "--engine sglang" in err
+    code, _, err = run(["simulate", "--workers", "2", "--preemption", "swap", "--requests", "5"], capsys)
+    assert code == 2 and "single-worker" in err
+    code, _, err = run(["simulate", "--policy", "vtc-preempt", "--requests", "30", "--no-progress"], capsys)
+    assert code == 0 and "cannot preempt without --preemption" in err
+    f = tmp_path / "o.json"
+    code, _, err = run(["simulate", "--policy", "vtc-preempt", "fcfs", "--requests", "30", "--no-progress",
+                        "--preemption", "fastswitch", "--json", str(f)], capsys)
+    assert code == 0 and "fcfs do not preempt" in err and "cannot preempt" not in err
+    assert json.loads(f.read_text())["input"]["preemption"] == "fastswitch"
