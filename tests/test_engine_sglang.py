@@ -90,6 +90,42 @@ def test_chunk_cut_is_page_aligned_and_the_budget_is_charged_in_pages():
     assert recs2[0].admitted == ("a",) and recs2[0].stop == "OTHER"
 
 
+def test_a_chunk_enters_the_tree_at_the_next_pass():
+    # Scheduler.get_next_batch_to_run -> stash_chunked_request: the chunk a prefill computed is
+    # inserted into the radix tree when the *next* pass starts, not in that prefill's results, so
+    # the tree after each chunk's step holds only the earlier chunks (pool and tree sizes as SGLang
+    # reports them; the twin comparison checks the same against SGLang itself). Page 16, chunk
+    # budget 40, a 100-token prompt: chunks of 32, 40, 28 tokens.
+    i = inst([R("a", "c", 0, toks(0, 100), 2)], kv_capacity_tokens=10_000, max_prefill_tokens=10_000,
+             chunked_prefill_size=40, page_size=16)
+    _, recs = passes(i, "fcfs")
+    pre = [r for r in recs if r.kind == "prefill"]
+    assert [r.chunked for r in pre] == [("a", 32), ("a", 40), None]
+    # tree tokens (total) after each prefill step: nothing, then chunk 1 (32), then the prompt's
+    # 6 full pages (96: the finished prefill is cached in its own results)
+    assert [r.cache_after[2] for r in pre] == [0, 32, 96]
+    # the pool holds the computed KV all along: free = 10,000 - allocated pages
+    assert [r.cache_after[0] for r in pre] == [10_000 - 32, 10_000 - 80, 10_000 - 112]
+
+
+def test_a_pass_that_admits_nothing_still_matches_the_requests_it_visits():
+    # SGLang runs req.init_next_round_input (match_prefix: split and LRU touch) for every request
+    # its admission loop visits, before add_one_req decides, so a pass that admits nothing still
+    # refreshes the visited prefixes. Here that keeps r4's prefix [16..19] (r2's, LRU-touched by
+    # the passes in which r4 waited) ahead of eviction: r4 hits 4 tokens. Found by hypothesis
+    # against the mutant that skips those matches (r4 then hits 0 and its first token comes 4
+    # time units later); the twin run against SGLang 0.5.23's classes agrees with the engine on
+    # this instance at every step (6 steps, 0 mismatches in admitted, hits, pool and tree sizes).
+    reqs = [R("r0", "c0", 0, toks(1, 6), 1), R("r1", "c0", 0, toks(1, 6), 1),
+            R("r2", "c0", 0, toks(16, 5) + (100000, 100000), 1), R("r3", "c0", 0, toks(1, 6), 2),
+            R("r4", "c0", 0, toks(16, 5), 1)]
+    i = inst(reqs, kv_capacity_tokens=13, max_prefill_tokens=1, max_running_requests=2, page_size=1,
+             chunked_prefill_size=None)
+    tr, _ = passes(i, "fcfs")
+    assert [(r.id, r.cached_tokens) for r in tr.requests] == [("r0", 0), ("r1", 5), ("r2", 0), ("r3", 5), ("r4", 4)]
+    assert tr.requests[4].first_token == 16.0 and tr.step_end == [6.0, 7.0, 14.0, 15.0, 15.0, 16.0]
+
+
 def test_without_chunking_only_the_first_request_may_exceed_the_prefill_budget():
     # PrefillAdder: chunking off -> a later request is refused once its page-rounded extend
     # reaches rem_input_tokens (>=, not >), the first one may exceed it alone
