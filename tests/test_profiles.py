@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import asdict
 
@@ -140,7 +142,13 @@ def test_with_profile_keeps_page_size_and_applies_overrides():
     inst = _inst()
     out = with_profile(inst, get_profile("a10-llama3.2-3b"))
     assert out.cost_model == get_profile("a10-llama3.2-3b").cost_model
-    assert out.limits.page_size == 2 and out.limits.kv_capacity_tokens == get_profile("a10-llama3.2-3b").limits.kv_capacity_tokens
+    kv = get_profile("a10-llama3.2-3b").limits.kv_capacity_tokens
+    assert out.limits.page_size == 2 and out.limits.kv_capacity_tokens == kv // 2 * 2  # floored to whole pages
+    # the profile's pool is floored to the instance's pages (SGLang's pool_configurator), e.g. the
+    # default profile's 422,423 tokens at 512-token pages; an explicit pool is kept as given
+    big = dataclasses.replace(inst, limits=dataclasses.replace(inst.limits, page_size=512))
+    assert with_profile(big, default_profile()).limits.kv_capacity_tokens == 422_400
+    assert with_profile(big, default_profile(), kv_capacity_tokens=422_423).limits.kv_capacity_tokens == 422_423
     assert out.requests == inst.requests and out.weights == inst.weights
     out = with_profile(inst, default_profile(), kv_capacity_tokens=500, chunked_prefill_size=None, max_running_requests=None)
     assert out.limits.kv_capacity_tokens == 500 and out.limits.chunked_prefill_size is None

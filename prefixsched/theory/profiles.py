@@ -496,6 +496,9 @@ def with_profile(
     **limits:
         :class:`Limits` fields to override (``kv_capacity_tokens=...``; ``chunked_prefill_size=None``
         turns chunking off). ``None`` values other than ``chunked_prefill_size`` are ignored.
+        The profile's own ``kv_capacity_tokens`` is floored to whole pages of the resulting
+        ``page_size`` (SGLang's ``pool_configurator.py``); an explicit ``kv_capacity_tokens`` is
+        kept as given.
 
     Raises
     ------
@@ -510,6 +513,11 @@ def with_profile(
     lim = profile.limits
     if keep_page_size:
         lim = replace(lim, page_size=instance.limits.page_size)
+    if "page_size" in limits and limits["page_size"] is not None:
+        lim = replace(lim, page_size=limits["page_size"])
+    # the profile's pool floored to whole pages, as SGLang sizes it (default_limits); an explicit
+    # kv_capacity_tokens override is taken as given
+    lim = replace(lim, kv_capacity_tokens=lim.kv_capacity_tokens // lim.page_size * lim.page_size)
     over = {k: v for k, v in limits.items() if v is not None or k == "chunked_prefill_size"}
     lim = replace(lim, **over)
     lim.validate()
