@@ -38,14 +38,13 @@ reportedly sketches a preemptive variant, §B.6, [2nd]); FastSwitch (Shen, Li, G
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import register
 from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot
-from prefixsched.reference.policies.vtc import VTC
+from prefixsched.reference.policies.vtc import VTC, vtc_pass
 from prefixsched.theory.model import Request
 
 __all__ = ["PreemptiveVTC", "FastSwitchPriority", "SGLangPriority", "PrioritySource", "SOURCES"]
@@ -217,37 +216,9 @@ class _Counters:
 
 
 def _vtc_walk(snap: Any, cnt: _Counters) -> tuple[Any, list[tuple[Any, float]], Any]:
-    """VTC's pass (:mod:`.vtc`: least counter first, oldest request of the client, stop at the
-    first misfit) on local counter copies. Returns ``(builder, [(entry, charge)], blocked entry
-    or None)``."""
-    b = snap.batch()
-    c = dict(cnt.c)
-    heap: list[tuple[float, int, str]] = []
-    remaining: dict[str, int] = {}
-    iters = {}
-    for pos, u in enumerate(snap.waiting_clients()):
-        heap.append((c[u], pos, u))
-        remaining[u] = snap.waiting_count(u)
-        iters[u] = snap.fcfs(u)
-    heapq.heapify(heap)
-    taken: list[tuple[Any, float]] = []
-    blocked = None
-    while heap and not b.full:
-        _, pos, u = heap[0]
-        e = next(iters[u])
-        if not b.try_add(e):
-            blocked = e
-            break
-        heapq.heappop(heap)
-        ch = cnt.cost(e, snap)
-        c[u] += ch
-        taken.append((e, ch))
-        remaining[u] -= 1
-        if remaining[u] > 0:
-            heapq.heappush(heap, (c[u], pos, u))
-    if blocked is None and heap and b.full:
-        _, _, u = heap[0]
-        blocked = next(iters[u], None)
+    """VTC's pass (:func:`.vtc.vtc_pass`) on a copy of the counters, with the preemption-aware
+    charge. Returns ``(builder, [(entry, charge)], blocked entry or None)``."""
+    b, taken, blocked, _ = vtc_pass(snap, dict(cnt.c), lambda e: cnt.cost(e, snap))
     return b, taken, blocked
 
 

@@ -30,14 +30,59 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from prefixsched.errors import InputError
 from prefixsched.reference.policies import register
 from prefixsched.reference.policies.base import Decision, FinishedInfo, Policy, Snapshot, client_weights
 from prefixsched.theory.model import Request
 
-__all__ = ["VTC"]
+__all__ = ["VTC", "vtc_pass"]
+
+
+def vtc_pass(
+    snap: Any, c: dict[str, float], charge: Callable[[Any], float]
+) -> tuple[Any, list[tuple[Any, float]], Any, str | None]:
+    """VTC's scheduling pass (module docstring): the client with the smallest counter first (ties:
+    first appearance), its oldest waiting request, charged at once into ``c`` (mutated: pass a
+    copy to keep the counters), stop at the first request that does not fit.
+
+    ``charge(entry)`` is the admission charge in cost units / weight. Returns ``(builder,
+    [(entry, charge)] in admission order, the entry the pass stopped at (a misfit, or the next
+    pick when the batch is full) or None, the last client whose last waiting request was
+    admitted or None)``. Shared by :class:`VTC` and the preemptive policies
+    (:mod:`.preemptive`)."""
+    b = snap.batch()
+    heap: list[tuple[float, int, str]] = []
+    remaining: dict[str, int] = {}
+    iters = {}
+    for pos, u in enumerate(snap.waiting_clients()):
+        heap.append((c[u], pos, u))
+        remaining[u] = snap.waiting_count(u)
+        iters[u] = snap.fcfs(u)
+    heapq.heapify(heap)
+    taken: list[tuple[Any, float]] = []
+    blocked = None
+    left = None
+    while heap and not b.full:
+        _, pos, u = heap[0]
+        e = next(iters[u])
+        if not b.try_add(e):
+            blocked = e
+            break
+        heapq.heappop(heap)
+        ch = charge(e)
+        c[u] += ch
+        taken.append((e, ch))
+        remaining[u] -= 1
+        if remaining[u] > 0:
+            heapq.heappush(heap, (c[u], pos, u))
+        else:
+            left = u
+    if blocked is None and heap and b.full:
+        _, _, u = heap[0]
+        blocked = next(iters[u], None)
+    return b, taken, blocked, left
 
 
 @register
@@ -90,30 +135,14 @@ class VTC(Policy):
             self.lifts += 1
 
     def decide(self, snap: Snapshot) -> Decision:
-        b = snap.batch()
-        c = self.counters
         w_e = snap.weights.w_e
-        heap: list[tuple[float, int, str]] = []
-        remaining: dict[str, int] = {}
-        iters = {}
-        for pos, u in enumerate(snap.waiting_clients()):
-            heap.append((c[u], pos, u))
-            remaining[u] = snap.waiting_count(u)
-            iters[u] = snap.fcfs(u)
-        heapq.heapify(heap)
-        while heap and not b.full:
-            _, pos, u = heap[0]
-            e = next(iters[u])
-            if not b.try_add(e):
-                break
-            heapq.heappop(heap)
-            tokens = e.request.prompt_len if self.charge == "prompt" else e.extend_tokens
-            c[u] += w_e * tokens / self._w(u)
-            remaining[u] -= 1
-            if remaining[u] > 0:
-                heapq.heappush(heap, (c[u], pos, u))
-            else:
-                self.last_left = u
+        prompt = self.charge == "prompt"
+        b, _, _, left = vtc_pass(
+            snap, self.counters,
+            lambda e: w_e * (e.request.prompt_len if prompt else e.extend_tokens) / self._w(e.request.client),
+        )
+        if left is not None:
+            self.last_left = left
         return Decision(tuple(b.admitted))
 
     def on_step_end(self, decoded: Mapping[str, int], finished: Sequence[FinishedInfo], snap: Snapshot) -> None:
