@@ -1338,10 +1338,9 @@ class SGLangWorker(EngineBase):
         order with each fill's token ids."""
         cache = self.cache
         lim = self.instance.limits
-        tree = []
-        for node in cache.iter_nodes():
-            if node is cache.root or node.children:
-                continue
+
+        def path_tokens(node: Any) -> Any:
+            """The token ids of the root-to-``node`` path."""
             path = []
             x = node
             while x is not cache.root:
@@ -1350,22 +1349,12 @@ class SGLangWorker(EngineBase):
             keys: tuple = ()
             for k in reversed(path):
                 keys += k
-            tree.append(self.keys_to_tokens(keys))
-        locks = []
+            return self.keys_to_tokens(keys)
+
+        tree = [path_tokens(node) for node in cache.iter_nodes() if node is not cache.root and not node.children]
         holders = list(self.running) + ([self.chunked] if self.chunked is not None else [])
-        for s in holders:
-            node = self.node_of[s]
-            if node is None or node is cache.root:
-                continue
-            path = []
-            x = node
-            while x is not cache.root:
-                path.append(x.key)
-                x = x.parent
-            keys = ()
-            for k in reversed(path):
-                keys += k
-            locks.append(self.keys_to_tokens(keys))
+        locks = [path_tokens(self.node_of[s]) for s in holders
+                 if self.node_of[s] is not None and self.node_of[s] is not cache.root]
         entries = self.index.entries
         chunked = None
         if self.chunked is not None:
